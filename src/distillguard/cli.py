@@ -1,0 +1,180 @@
+"""The ``distillguard`` command: a thin layer over the library API.
+
+Every subcommand parses options, calls one library function, and prints. Errors derived from
+:class:`distillguard.errors.DistillguardError` become one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from . import __version__
+from .errors import DistillguardError
+
+
+class _Group(click.Group):
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except DistillguardError as err:
+            click.echo(f"distillguard: error: {err}", err=True)
+            ctx.exit(err.exit_code)
+
+
+def _progress_enabled(quiet: bool) -> bool:
+    return (not quiet) and sys.stderr.isatty()
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, "--version", prog_name="distillguard")
+def cli() -> None:
+    """Find and stop distillation campaigns in LLM API traffic logs.
+
+    \b
+    Pipeline: read -> fingerprint -> link -> cluster -> score -> explain -> act.
+    Start with:  distillguard demo --out demo-out
+    """
+
+
+_log_paths = click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+_accounts_opt = click.option("--accounts", type=click.Path(path_type=Path), default=None,
+                             help="Accounts table (CSV, Parquet or JSONL).")
+_releases_opt = click.option("--releases", type=click.Path(path_type=Path), default=None,
+                             help="Model releases CSV: model,released_at.")
+_skip_opt = click.option("--skip-invalid", is_flag=True,
+                         help="Skip records that break the contract and count them by reason "
+                              "(default: stop at the first one, exit 2).")
+_quiet_opt = click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
+
+
+@cli.command()
+@_log_paths
+@_accounts_opt
+@_releases_opt
+@_skip_opt
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+def validate(paths, accounts, releases, skip_invalid, as_json):
+    """Check traffic logs against the data contract and summarise them.
+
+    \b
+    Example:
+      distillguard validate logs/ --accounts accounts.csv --releases releases.csv
+    """
+    from .validate import validate as run_validate
+
+    summary = run_validate(list(paths), accounts=accounts, releases=releases,
+                           skip_invalid=skip_invalid)
+    if as_json:
+        click.echo(summary.to_json())
+    else:
+        summary.print()
+
+
+@cli.command()
+@click.option("--scenario", default="demo", show_default=True, help="Scenario name (see --list).")
+@click.option("--scale", type=float, default=1.0, show_default=True,
+              help="Stretch the scenario: multiplies accounts and exchanges.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Random seed (realisation).")
+@click.option("--out", type=click.Path(path_type=Path), help="Output directory.")
+@click.option("--format", "fmt", type=click.Choice(["parquet", "jsonl", "jsonl.gz", "jsonl.zst"]),
+              default="parquet", show_default=True, help="Container of the events.")
+@click.option("--list", "list_", is_flag=True, help="List the scenarios and exit.")
+@_quiet_opt
+def simulate(scenario, scale, seed, out, fmt, list_, quiet):
+    """Write a labeled synthetic traffic log (events, accounts, releases, labels, truth).
+
+    \b
+    Example:
+      distillguard simulate --scenario demo --seed 1 --out sim/
+      distillguard simulate --list
+    """
+    from . import simulate as sim
+
+    if list_:
+        for name, description in sim.list_scenarios():
+            click.echo(f"{name:16s} {description}")
+        return
+    if out is None:
+        raise click.UsageError("--out is required (or use --list)")
+    result = sim.simulate(scenario, scale=scale, seed=seed, out=out, fmt=fmt,
+                          progress=_progress_enabled(quiet))
+    click.echo(result.summary())
+
+
+@cli.command()
+@_log_paths
+@_accounts_opt
+@_releases_opt
+@_skip_opt
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Output directory.")
+@click.option("--model", "model_path", type=click.Path(path_type=Path), default=None,
+              help="Fitted model file (default: the one shipped with the package).")
+@_quiet_opt
+def detect(paths, accounts, releases, skip_invalid, out, model_path, quiet):
+    """Detect distillation campaigns: writes accounts.csv, clusters.json, report.html.
+
+    \b
+    Example:
+      distillguard detect sim/events --accounts sim/accounts.csv \\
+          --releases sim/releases.csv --out det/
+    """
+    from .detect import detect as run_detect
+
+    result = run_detect(list(paths), accounts=accounts, releases=releases, out=out,
+                        skip_invalid=skip_invalid, model_path=model_path,
+                        progress=_progress_enabled(quiet))
+    click.echo(result.summary())
+
+
+@cli.command()
+@click.argument("out_dir", type=click.Path(path_type=Path, exists=True, file_okay=False))
+@click.option("--truth", type=click.Path(path_type=Path, exists=True), required=True,
+              help="labels.csv or truth.csv of the simulated log.")
+@click.option("--baselines", is_flag=True,
+              help="Also run the peer detectors on the same log (needs --log).")
+@click.option("--log", "log_paths", multiple=True, type=click.Path(path_type=Path),
+              help="The log detect ran on (for --baselines).")
+@_accounts_opt
+@click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
+def evaluate(out_dir, truth, baselines, log_paths, accounts, as_json):
+    """Grade a detect output directory against ground truth.
+
+    \b
+    Example:
+      distillguard evaluate det/ --truth sim/truth.csv
+      distillguard evaluate det/ --truth sim/truth.csv --baselines --log sim/events \\
+          --accounts sim/accounts.csv
+    """
+    from .evaluate import evaluate as run_evaluate
+
+    result = run_evaluate(out_dir, truth, baselines=baselines, log_paths=list(log_paths),
+                          accounts=accounts)
+    click.echo(result.to_json() if as_json else result.render())
+
+
+@cli.command()
+@click.option("--out", type=click.Path(path_type=Path), default=Path("demo-out"),
+              show_default=True, help="Where to write the simulated log and the detections.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@_quiet_opt
+def demo(out, seed, quiet):
+    """Run the whole job on the built-in demo scenario: simulate, validate, detect, evaluate.
+
+    \b
+    Example:
+      distillguard demo --out demo-out
+    """
+    from .demo import run_demo
+
+    run_demo(out, seed=seed, progress=_progress_enabled(quiet))
+
+
+def main() -> None:
+    cli(prog_name="distillguard")
+
+
+if __name__ == "__main__":
+    main()

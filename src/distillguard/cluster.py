@@ -1,0 +1,142 @@
+"""Stage 4 — cluster: communities of the account graph, and features of each community.
+
+Leiden (igraph's ``community_leiden``, modularity objective, weighted) over the edges of
+:mod:`distillguard.link`. Communities smaller than ``min_size`` are not clusters. Cluster ids
+are deterministic: ``C0001`` is the largest community (ties broken by smallest member id).
+
+:func:`cluster_features` aggregates member features into one row per cluster (size, volume,
+coordination kinds, template and capability concentration, synchrony, payment and sign-up
+sharing, infrastructure spread); :func:`attach_cluster_features` copies them back to members
+with a ``c_`` prefix so the scorer sees an account together with its group.
+"""
+
+from __future__ import annotations
+
+import math
+
+import igraph as ig
+import numpy as np
+import polars as pl
+
+from .schema import TASKS
+
+MEMBERSHIP_SCHEMA = {"account_id": pl.String, "cluster_id": pl.String}
+
+
+def leiden_clusters(edges: pl.DataFrame, *, min_size: int = 3, resolution: float = 1.0,
+                    seed: int = 0) -> pl.DataFrame:
+    """Account → cluster_id for accounts in communities of at least ``min_size``."""
+    if edges.is_empty():
+        return pl.DataFrame(schema=MEMBERSHIP_SCHEMA)
+    nodes = pl.concat([edges["src"], edges["dst"]]).unique().sort()
+    index = pl.DataFrame({"id": nodes, "i": np.arange(len(nodes), dtype=np.int64)})
+    e = (edges.select("src", "dst", "weight")
+         .join(index.rename({"id": "src", "i": "a"}), on="src")
+         .join(index.rename({"id": "dst", "i": "b"}), on="dst"))
+    g = ig.Graph(n=len(nodes), edges=np.column_stack([e["a"].to_numpy(), e["b"].to_numpy()]),
+                 directed=False)
+    import random
+    state = random.getstate()
+    random.seed(seed)
+    ig.set_random_number_generator(random)
+    try:
+        part = g.community_leiden(objective="modularity", weights=e["weight"].to_list(),
+                                  resolution=resolution, n_iterations=-1)
+    finally:
+        random.setstate(state)
+    memb = np.asarray(part.membership)
+    df = pl.DataFrame({"account_id": nodes, "community": memb})
+    sizes = (df.group_by("community").agg(size=pl.len(), first=pl.col("account_id").min())
+             .filter(pl.col("size") >= min_size)
+             .sort(["size", "first"], descending=[True, False])
+             .with_row_index("rank", offset=1)
+             .with_columns(cluster_id=pl.format("C{}", pl.col("rank").cast(pl.String)
+                                                .str.zfill(4))))
+    return (df.join(sizes.select("community", "cluster_id"), on="community")
+            .select("account_id", "cluster_id").sort("account_id"))
+
+
+def _entropy_norm(shares: np.ndarray, k: int = len(TASKS)) -> float:
+    s = shares[shares > 0]
+    if len(s) <= 1:
+        return 0.0
+    return float(-(s * np.log(s)).sum() / math.log(k))
+
+
+def cluster_features(features: pl.DataFrame, membership: pl.DataFrame, edges: pl.DataFrame,
+                     sample: pl.DataFrame | None) -> pl.DataFrame:
+    """One row per cluster: coordination and concentration of the group as a whole.
+
+    ``features``: per-account features (fingerprint + content). ``sample``: sampled events
+    with ``account_id, ts, template_id, task`` (or None).
+    """
+    if membership.is_empty():
+        return pl.DataFrame(schema={"cluster_id": pl.String, "size": pl.UInt32})
+    m = membership.join(features, on="account_id", how="left")
+    agg = m.group_by("cluster_id").agg(
+        size=pl.len(),
+        exchanges=pl.col("n_exchanges").sum(),
+        med_per_day=pl.col("per_day").median(),
+        max_per_day_pct=pl.col("per_day_tier_pct").max(),
+        payment_shared_share=(pl.col("payment_fingerprint").is_not_null()
+                              & (pl.len().over("cluster_id", "payment_fingerprint") > 1)).mean(),
+        distinct_payments=pl.col("payment_fingerprint").n_unique(),
+        email_top_share=(pl.col("email_domain").drop_nulls().unique_counts().max()
+                         / pl.len()).fill_null(0.0),
+        verified_share=pl.col("verified").cast(pl.Float64).mean(),
+        edu_startup_share=pl.col("tier").is_in(["education", "startup", "research"]).mean(),
+        med_age_days=pl.col("age_days_at_first_use").median(),
+        med_span_days=pl.col("span_days").median(),
+        pivot_share=(pl.col("pivot_share") * pl.col("pivot_window_n").fill_null(0)).sum()
+        / pl.col("pivot_window_n").fill_null(0).sum().clip(lower_bound=1),
+        med_single_turn=pl.col("single_turn_share").median(),
+        med_hour_entropy=pl.col("hour_entropy").median(),
+        med_thinking=pl.col("thinking_share").median(),
+        med_cap=pl.col("max_tokens_cap_share").median(),
+        med_keys_per_100=pl.col("keys_per_100").median(),
+    )
+    # edges inside clusters: how many kinds of coordination tie the members
+    if not edges.is_empty():
+        inner = (edges.join(membership.rename({"account_id": "src", "cluster_id": "c1"}),
+                            on="src")
+                 .join(membership.rename({"account_id": "dst", "cluster_id": "c2"}), on="dst")
+                 .filter(pl.col("c1") == pl.col("c2")))
+        ek = (inner.group_by("c1").agg(
+            inner_edges=pl.len(), mean_edge_weight=pl.col("weight").mean(),
+            mean_edge_kinds=pl.col("n_kinds").mean(),
+            kinds=pl.col("kinds").flatten().unique().sort())
+            .rename({"c1": "cluster_id"}))
+        agg = agg.join(ek, on="cluster_id", how="left").with_columns(
+            density=pl.col("inner_edges") / (pl.col("size") * (pl.col("size") - 1) / 2))
+    if sample is not None and not sample.is_empty():
+        s = sample.join(membership, on="account_id", how="inner")
+        agg = agg.join(_sample_cluster_stats(s), on="cluster_id", how="left")
+    return agg.sort("cluster_id")
+
+
+def _sample_cluster_stats(s: pl.DataFrame) -> pl.DataFrame:
+    """Template sharing, capability concentration and synchrony from sampled events."""
+    t = s.drop_nulls("template_id")
+    tmpl_accounts = t.group_by("cluster_id", "template_id").agg(
+        n_acc=pl.col("account_id").n_unique(), n=pl.len())
+    tstats = tmpl_accounts.group_by("cluster_id").agg(
+        shared_template_share=(pl.col("n").filter(pl.col("n_acc") >= 2).sum()
+                               / pl.col("n").sum()),
+        top_templates_share=pl.col("n").top_k(5).sum() / pl.col("n").sum(),
+    )
+    # synchrony: share of sampled events whose template was used by another member within
+    # the same 10-minute bucket
+    b = t.with_columns(bucket=pl.col("ts").dt.truncate("10m"))
+    sync = (b.with_columns(n_acc_b=pl.col("account_id").n_unique()
+                           .over("cluster_id", "template_id", "bucket"))
+            .group_by("cluster_id").agg(sync_share=(pl.col("n_acc_b") >= 2).mean()))
+    task = (s.group_by("cluster_id", "task").len()
+            .with_columns(share=pl.col("len") / pl.col("len").sum().over("cluster_id")))
+    conc = task.group_by("cluster_id").agg(
+        top_task_share=pl.col("share").max(),
+        task_entropy=pl.col("share").map_batches(
+            lambda x: pl.Series([_entropy_norm(x.to_numpy())]), returns_scalar=True,
+            return_dtype=pl.Float64),
+    )
+    return tstats.join(sync, on="cluster_id", how="full", coalesce=True).join(
+        conc, on="cluster_id", how="full", coalesce=True)

@@ -1,0 +1,178 @@
+"""Signals as versioned data: ``data/signals.yaml`` loaded into typed, frozen objects.
+
+A *signal* turns one feature column into a strength in 0..1 (a ramp between ``lo`` and
+``hi``; ``direction: low`` inverts it; ``type: product`` multiplies other signals). The scorer
+combines strengths with weights (from the file in rules mode, or learned), and the signals
+with the largest contributions become an account's ``reasons``. The same file holds the
+linking parameters and the rules-mode thresholds, so tuning never edits code.
+
+Errors name the file and line (``signals.yaml:12: signal 'x': unknown key 'hgih'``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import yaml
+
+from .errors import ConfigError
+from .link import LinkConfig
+
+DEFAULT_SIGNALS = "data/signals.yaml"
+
+
+@dataclass(frozen=True)
+class Signal:
+    id: str
+    description: str
+    weight: float
+    type: str = "ramp"
+    feature: str | None = None
+    lo: float = 0.0
+    hi: float = 1.0
+    direction: str = "high"
+    of: tuple[str, ...] = ()
+    level: str = "account"  # account | cluster
+
+    def strength(self, values: np.ndarray) -> np.ndarray:
+        v = np.nan_to_num(values.astype(np.float64), nan=0.0)
+        s = np.clip((v - self.lo) / (self.hi - self.lo), 0.0, 1.0)
+        return 1.0 - s if self.direction == "low" else s
+
+
+@dataclass(frozen=True)
+class SignalSet:
+    version: int
+    signals: tuple[Signal, ...]
+    intercept: float
+    thresholds: dict[str, float]
+    link: LinkConfig
+    cluster: dict = field(default_factory=dict)
+    source: str = ""
+
+    @property
+    def ids(self) -> list[str]:
+        return [s.id for s in self.signals]
+
+    def strengths(self, features: pl.DataFrame) -> np.ndarray:
+        """Matrix (accounts × signals) of strengths in 0..1; missing features count 0."""
+        out: dict[str, np.ndarray] = {}
+        n = features.height
+        for s in self.signals:
+            if s.type == "product":
+                col = np.ones(n)
+                for o in s.of:
+                    col = col * out[o]
+                out[s.id] = col
+            elif s.feature in features.columns:
+                out[s.id] = s.strength(features[s.feature].cast(pl.Float64)
+                                       .fill_null(np.nan).to_numpy())
+            else:
+                out[s.id] = np.zeros(n)
+        return np.column_stack([out[i] for i in self.ids]) if self.signals else np.zeros((n, 0))
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    pass
+
+
+def _construct_mapping(loader, node, deep=False):
+    seen = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise ConfigError(f"{loader.name}:{key_node.start_mark.line + 1}: duplicate key "
+                              f"'{key}'")
+        seen.add(key)
+    mapping = yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
+    mapping["__line__"] = node.start_mark.line + 1
+    return mapping
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
+                                 _construct_mapping)
+
+_SIGNAL_KEYS = {"id", "description", "weight", "type", "feature", "lo", "hi", "direction",
+                "of", "level"}
+_TOP_KEYS = {"version", "signals", "intercept", "thresholds", "link", "cluster"}
+
+
+def _strip(d: dict) -> dict:
+    return {k: v for k, v in d.items() if k != "__line__"}
+
+
+def load_signals(path: str | Path | None = None) -> SignalSet:
+    """Load and validate a signal file (default: the one shipped with the package)."""
+    if path is None:
+        ref = resources.files("distillguard").joinpath(DEFAULT_SIGNALS)
+        text, name = ref.read_text(), str(ref)
+    else:
+        try:
+            text, name = Path(path).read_text(), str(path)
+        except OSError as err:
+            raise ConfigError(f"{path}: cannot read signal file: {err.strerror}") from None
+    loader = _UniqueKeyLoader(text)
+    loader.name = name
+    try:
+        doc = loader.get_single_data()
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{name}: invalid YAML: {err}".replace("\n", " ")) from None
+    finally:
+        loader.dispose()
+    if not isinstance(doc, dict):
+        raise ConfigError(f"{name}: expected a mapping at the top")
+    for k in doc:
+        if k not in _TOP_KEYS | {"__line__"}:
+            raise ConfigError(f"{name}:{doc['__line__']}: unknown top-level key '{k}'")
+    signals: list[Signal] = []
+    seen: set[str] = set()
+    for raw in doc.get("signals", []):
+        line = raw.get("__line__", "?")
+        where = f"{name}:{line}: signal '{raw.get('id', '?')}'"
+        for k in raw:
+            if k not in _SIGNAL_KEYS | {"__line__"}:
+                raise ConfigError(f"{where}: unknown key '{k}'")
+        for k in ("id", "description", "weight"):
+            if k not in raw:
+                raise ConfigError(f"{where}: missing key '{k}'")
+        if raw["id"] in seen:
+            raise ConfigError(f"{where}: duplicate signal id")
+        kind = raw.get("type", "ramp")
+        if kind == "ramp" and not raw.get("feature"):
+            raise ConfigError(f"{where}: a ramp signal needs 'feature'")
+        if kind == "product":
+            missing = [o for o in raw.get("of", []) if o not in seen]
+            if missing or not raw.get("of"):
+                raise ConfigError(f"{where}: 'of' must name earlier signals (missing: {missing})")
+        if kind not in ("ramp", "product"):
+            raise ConfigError(f"{where}: type must be ramp or product, got '{kind}'")
+        if raw.get("direction", "high") not in ("high", "low"):
+            raise ConfigError(f"{where}: direction must be high or low")
+        if kind == "ramp" and float(raw.get("hi", 1.0)) <= float(raw.get("lo", 0.0)):
+            raise ConfigError(f"{where}: hi must be greater than lo")
+        vals = _strip(raw)
+        vals["of"] = tuple(vals.get("of", ()))
+        vals["weight"] = float(vals["weight"])
+        for k in ("lo", "hi"):
+            if k in vals:
+                vals[k] = float(vals[k])
+        signals.append(Signal(**vals))
+        seen.add(raw["id"])
+    link_raw = _strip(doc.get("link", {}) or {})
+    try:
+        if "kind_weights" in link_raw:
+            link_raw["kind_weights"] = _strip(link_raw["kind_weights"])
+        link = LinkConfig(**link_raw)
+    except TypeError as err:
+        raise ConfigError(f"{name}: link: {err}") from None
+    thresholds = _strip(doc.get("thresholds", {}) or {})
+    if set(thresholds) != {"attack", "suspicious"}:
+        raise ConfigError(f"{name}: thresholds must give 'attack' and 'suspicious'")
+    return SignalSet(version=int(doc.get("version", 1)), signals=tuple(signals),
+                     intercept=float(doc.get("intercept", 0.0)),
+                     thresholds={k: float(v) for k, v in thresholds.items()}, link=link,
+                     cluster=_strip(doc.get("cluster", {}) or {}), source=name)

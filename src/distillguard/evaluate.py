@@ -36,7 +36,7 @@ _LABELS = ("attack", "benign")
 
 def _read_csv(path: Path, what: str) -> pl.DataFrame:
     try:
-        return pl.read_csv(path, infer_schema=False, missing_utf8_is_empty_string=True)
+        return pl.read_csv(path, infer_schema=False)
     except FileNotFoundError:
         raise InputError(f"{what} not found", path=str(path)) from None
     except (pl.exceptions.PolarsError, OSError, UnicodeDecodeError) as err:
@@ -63,7 +63,7 @@ def _first_bad(df: pl.DataFrame, bad: pl.Expr, col: str, path: Path, why: str) -
 def check_unique_ids(df: pl.DataFrame, path: Path) -> None:
     _first_bad(df, pl.col("account_id").is_null() | (pl.col("account_id") == ""),
                "account_id", path, "empty account id")
-    _first_bad(df, pl.col("account_id").is_duplicated(), "account_id", path,
+    _first_bad(df, ~pl.col("account_id").is_first_distinct(), "account_id", path,
                "duplicate account id")
 
 
@@ -88,12 +88,12 @@ def load_predictions(path: str | Path) -> pl.DataFrame:
     verdict = pl.col("verdict").str.strip_chars().str.to_lowercase()
     _first_bad(df, ~verdict.is_in(VERDICTS) | verdict.is_null(), "verdict", path,
                f"verdict not one of {'/'.join(VERDICTS)}:")
-    cluster = pl.col("cluster_id").str.strip_chars()
+    cluster = pl.col("cluster_id").str.strip_chars().replace("", None)
     return df.select(
         pl.col("account_id"),
         score.alias("score"),
         verdict.alias("verdict"),
-        pl.when(cluster == "").then(None).otherwise(cluster).alias("cluster_id"),
+        cluster.alias("cluster_id"),
         pl.col("reasons").fill_null(""),
     )
 
@@ -115,9 +115,8 @@ def load_truth(path: str | Path) -> pl.DataFrame:
         if c not in df.columns:
             df = df.with_columns(pl.lit(None, pl.String).alias(c))
     df = df.with_columns(label.alias("label"))
-    blank = lambda c: pl.when(pl.col(c).str.strip_chars() == "").then(None).otherwise(
-        pl.col(c).str.strip_chars())  # noqa: E731
-    df = df.with_columns(blank("campaign"), blank("segment"), blank("variant"))
+    df = df.with_columns(pl.col(c).str.strip_chars().replace("", None)
+                         for c in ("campaign", "segment", "variant"))
     attack = pl.col("label") == "attack"
     campaign = pl.when(attack).then(pl.col("campaign").fill_null("attack")).otherwise(None)
     return df.select(

@@ -94,6 +94,11 @@ def cluster_features(features: pl.DataFrame, membership: pl.DataFrame, edges: pl
         med_thinking=pl.col("thinking_share").median(),
         med_cap=pl.col("max_tokens_cap_share").median(),
         med_keys_per_100=pl.col("keys_per_100").median(),
+        med_valuable_share=pl.col("valuable_share").median(),
+        med_cot_share=pl.col("cot_share").median(),
+        med_template_reuse=pl.col("template_reuse_share").median(),
+        med_shared_template=pl.col("shared_template_share").median(),
+        ips_per_account=pl.col("n_ips").sum() / pl.len(),
     )
     # edges inside clusters: how many kinds of coordination tie the members
     if not edges.is_empty():

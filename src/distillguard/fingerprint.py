@@ -20,7 +20,8 @@ Feature families (names are the column names of the result):
   ``n_clients`` (user agent + TLS pairs), ``keys_per_100``, ``ips_per_100``
 - models: ``n_models``, ``pivot_share`` (share of the account's traffic in the 24 h after a
   model release that went to the new model), ``pivot_hours`` (hours from release to first use)
-- account metadata: ``tier``, ``verified``, ``age_days_at_first_use``, ``email_domain_accounts``
+- account metadata: ``tier``, ``risky_tier`` (education / research / startup / free),
+  ``verified``, ``age_days_at_first_use``, ``email_domain_accounts``
   (accounts sharing the e-mail domain), ``country_mismatch_share`` (IP country ≠ billing)
 """
 
@@ -30,7 +31,8 @@ import math
 
 import polars as pl
 
-_HOUR = 3600 * 1_000_000  # microseconds
+#: sign-up paths the threat model names as most abused (cheap, lightly verified)
+LIGHTLY_VERIFIED_TIERS = ("education", "research", "startup", "free")
 
 
 def _entropy(counts: pl.Expr, k: int) -> pl.Expr:
@@ -162,6 +164,8 @@ def account_features(events: pl.LazyFrame, accounts: pl.DataFrame,
         age_days_at_first_use=((pl.col("first_ts") - pl.col("created_at")).dt.total_seconds()
                                / 86400.0),
         tier=pl.col("tier").fill_null("unknown"),
+        risky_tier=pl.col("tier").is_in(list(LIGHTLY_VERIFIED_TIERS)).fill_null(False)
+        .cast(pl.Float64),
         verified=pl.col("verified").fill_null(False),
         pivot_share=pl.col("pivot_share").fill_null(0.0),
     ).with_columns(

@@ -1,0 +1,78 @@
+"""Content signals per account, from a bounded sample of each account's prompts.
+
+More than a few hundred prompts add nothing to an account's task mix or template profile,
+so :func:`sample_prompts` keeps at most ``max_prompts`` per account (a deterministic hash
+sample, spread over the account's whole history). :func:`content_features` classifies the
+sampled prompts (:mod:`distillguard.content`: task classifier, chain-of-thought and
+sensitive-rewrite scores) and mines templates across all accounts, giving per account:
+
+- ``share_<task>`` for every task of ``schema.TASKS``, ``valuable_share`` (tasks worth
+  distilling: coding, agentic coding, tool use, reasoning, data analysis, grading, CoT,
+  sensitive rewrites), ``top_task_share`` and ``task_entropy`` (capability concentration);
+- ``cot_share`` / ``sensitive_share`` (prompts scored as CoT elicitation / sensitive rewrite);
+- template reuse: ``template_reuse_share``, ``top_template_share``, ``n_templates``,
+  ``cross_account_templates``, ``shared_template_share`` (prompts whose template other
+  accounts use too).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import polars as pl
+
+from .content import (account_template_stats, cot_score, load_default, mine_templates,
+                      predict_tasks, sensitive_score)
+from .schema import TASKS
+
+VALUABLE_TASKS = ("coding", "agentic_coding", "tool_use", "reasoning", "data_analysis",
+                  "grading", "sensitive_rewrite", "cot_elicitation")
+SAMPLE_COLUMNS = ("account_id", "ts", "prompt", "model", "system_hash", "tools_hash")
+
+
+def sample_prompts(events: pl.LazyFrame, *, max_prompts: int = 200, seed: int = 0
+                   ) -> pl.DataFrame:
+    """At most ``max_prompts`` events per account, chosen by a seeded hash (deterministic)."""
+    e = events.select(*SAMPLE_COLUMNS).with_columns(
+        _h=pl.concat_str([pl.col("account_id"), pl.col("ts").cast(pl.String),
+                          pl.col("prompt").str.slice(0, 64)], ignore_nulls=True)
+        .hash(seed=seed))
+    return (e.filter(pl.col("_h").rank("ordinal").over("account_id") <= max_prompts)
+            .drop("_h").collect(engine="streaming").sort("account_id", "ts"))
+
+
+def content_features(sample: pl.DataFrame, *, seed: int = 0, classifier=None
+                     ) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Per-account content features, and the sample with ``task`` / ``template_id`` added."""
+    if classifier is None:
+        classifier = load_default()
+    texts = sample["prompt"].fill_null("")
+    tasks = predict_tasks(texts, classifier)
+    cot = cot_score(texts)
+    sens = sensitive_score(texts)
+    sample = sample.with_columns(
+        task=pl.Series(tasks, dtype=pl.String),
+        cot=pl.Series(np.asarray(cot, dtype=np.float64)),
+        sensitive=pl.Series(np.asarray(sens, dtype=np.float64)),
+    )
+    sample = sample.with_columns(template_id=mine_templates(sample, text_col="prompt", seed=seed))
+    shares = (sample.group_by("account_id").agg(
+        [(pl.col("task") == t).mean().alias(f"share_{t}") for t in TASKS]
+        + [pl.col("cot").gt(0.5).mean().alias("cot_share"),
+           pl.col("sensitive").gt(0.5).mean().alias("sensitive_share"),
+           pl.col("task").is_in(list(VALUABLE_TASKS)).mean().alias("valuable_share")]))
+    share_cols = [f"share_{t}" for t in TASKS]
+    mat = shares.select(share_cols).to_numpy()
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ent = -np.nansum(np.where(mat > 0, mat * np.log(mat), 0.0), axis=1) / math.log(len(TASKS))
+    shares = shares.with_columns(top_task_share=pl.Series(mat.max(axis=1)),
+                                 task_entropy=pl.Series(ent))
+    tstats = account_template_stats(sample).drop("template_ids")
+    # share of an account's prompts whose template other accounts use too
+    t_acc = sample.group_by("template_id").agg(t_accounts=pl.col("account_id").n_unique())
+    shared = (sample.join(t_acc, on="template_id").group_by("account_id")
+              .agg(shared_template_share=(pl.col("t_accounts") >= 2).mean()))
+    feats = shares.join(tstats, on="account_id", how="left").join(shared, on="account_id",
+                                                                 how="left")
+    return feats, sample

@@ -1,0 +1,185 @@
+"""The batch pipeline: read → fingerprint → link → cluster → score → explain.
+
+:func:`detect` is the library entry point behind ``distillguard detect``; each stage is a pure
+function of the previous stage's frames (see ``docs/ARCHITECTURE.md``). :func:`build_features`
+stops before scoring and is what ``tools/fit_scorer.py`` fits the scorer on, so training and
+detection share one feature path.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from . import __version__
+from .cluster import cluster_features, leiden_clusters
+from .content_signals import content_features, sample_prompts
+from .errors import ConfigError
+from .fingerprint import account_features
+from .link import edges_from_incidences, incidences
+from .read import Log, read_log
+from .score import Scorer
+from .signals import SignalSet, load_signals
+
+
+@dataclass
+class Features:
+    """Everything the scorer and the report need, for one log."""
+
+    accounts: pl.DataFrame          # one row per account: fingerprint + content + c_* cluster
+    membership: pl.DataFrame        # account_id, cluster_id
+    clusters: pl.DataFrame          # one row per cluster
+    edges: pl.DataFrame
+    sample: pl.DataFrame            # sampled events with task / template ids
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class DetectResult:
+    out: Path
+    n_events: int
+    n_accounts: int
+    n_clusters: int
+    verdicts: dict[str, int]
+    cluster_verdicts: dict[str, int]
+    mode: str
+    invalid: dict[str, int]
+    runtime_s: float
+
+    def summary(self) -> str:
+        lines = [
+            f"read {self.n_events:,} exchanges from {self.n_accounts:,} accounts"
+            + (f" (skipped {sum(self.invalid.values()):,} invalid: "
+               + ", ".join(f"{k}={v}" for k, v in self.invalid.items()) + ")"
+               if self.invalid else ""),
+            f"accounts: " + ", ".join(f"{k} {self.verdicts.get(k, 0):,}"
+                                     for k in ("attack", "suspicious", "benign")),
+            f"clusters: {self.n_clusters:,} ("
+            + ", ".join(f"{k} {v:,}" for k, v in sorted(self.cluster_verdicts.items())) + ")",
+            f"scoring: {self.mode}",
+            f"wrote {self.out / 'accounts.csv'}, {self.out / 'clusters.json'}, "
+            f"{self.out / 'report.html'} in {self.runtime_s:.1f}s",
+        ]
+        return "\n".join(lines)
+
+
+CLUSTER_PREFIX = "c_"
+
+
+def build_features(log: Log, signals: SignalSet, *, max_prompts: int = 200,
+                   seed: int = 0) -> Features:
+    """Fingerprint, content, link and cluster stages over a read log."""
+    t: dict[str, float] = {}
+    t0 = time.perf_counter()
+    feats = account_features(log.events, log.accounts, log.releases)
+    t["fingerprint"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    sample = sample_prompts(log.events, max_prompts=max_prompts, seed=seed)
+    content, sample = content_features(sample, seed=seed)
+    feats = feats.join(content, on="account_id", how="left")
+    t["content"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    cfg = signals.link
+    inc = incidences(log.events, log.accounts, sample.select("account_id", "ts", "template_id"),
+                     cfg)
+    edges = edges_from_incidences(inc, feats.height, cfg)
+    t["link"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    cl = signals.cluster
+    membership = leiden_clusters(edges, min_size=int(cl.get("min_size", 3)),
+                                 resolution=float(cl.get("resolution", 1.0)), seed=seed)
+    cfeats = cluster_features(feats, membership, edges, sample)
+    feats = attach_cluster_features(feats, membership, cfeats)
+    t["cluster"] = time.perf_counter() - t0
+    return Features(accounts=feats, membership=membership, clusters=cfeats, edges=edges,
+                    sample=sample, timings=t)
+
+
+def attach_cluster_features(feats: pl.DataFrame, membership: pl.DataFrame,
+                            cfeats: pl.DataFrame) -> pl.DataFrame:
+    """Copy cluster features to member accounts as ``c_*`` (0 for accounts in no cluster)."""
+    cols = [c for c in cfeats.columns if c != "cluster_id" and cfeats[c].dtype.is_numeric()]
+    if membership.is_empty():
+        return feats.with_columns(pl.lit(None, dtype=pl.String).alias("cluster_id"),
+                                  *[pl.lit(0.0).alias(CLUSTER_PREFIX + c) for c in cols],
+                                  pl.lit(1.0).alias(CLUSTER_PREFIX + "size"))
+    c = cfeats.select("cluster_id", *[pl.col(x).cast(pl.Float64).alias(CLUSTER_PREFIX + x)
+                                      for x in cols])
+    out = (feats.join(membership, on="account_id", how="left")
+           .join(c, on="cluster_id", how="left"))
+    return out.with_columns(
+        [pl.col(CLUSTER_PREFIX + x).fill_null(0.0) for x in cols]
+    ).with_columns(pl.col(CLUSTER_PREFIX + "size").replace(0.0, 1.0))
+
+
+def load_scorer(model_path: Path | None, signals: SignalSet) -> Scorer:
+    """The fitted model file if usable; rules mode when the default one is absent."""
+    if model_path is not None:
+        return Scorer.load(model_path, signals=signals)
+    try:
+        return Scorer.load(signals=signals)
+    except ConfigError:
+        return Scorer(signals=signals)
+
+
+def detect(paths: list, *, accounts=None, releases=None, out: Path, skip_invalid: bool = False,
+           model_path: Path | None = None, signals_path: Path | None = None,
+           max_prompts: int = 200, progress: bool = False, seed: int = 0) -> DetectResult:
+    """Run the batch pipeline and write accounts.csv, clusters.json and report.html."""
+    from .explain import render_report
+    from .outputs import build_clusters_json, write_accounts_csv
+
+    started = time.perf_counter()
+    out = Path(out)
+    signals = load_signals(signals_path)
+    scorer = load_scorer(model_path, signals)
+    out.mkdir(parents=True, exist_ok=True)
+    with read_log(paths, accounts=accounts, releases=releases, skip_invalid=skip_invalid,
+                  progress=progress) as log:
+        f = build_features(log, signals, max_prompts=max_prompts, seed=seed)
+        scored = scorer.run(f.accounts)
+        acc = f.accounts.with_columns(
+            score=pl.Series(np.round(scored.score, 6)),
+            verdict=pl.Series(scored.verdict, dtype=pl.String),
+            reasons=pl.Series(scored.reasons, dtype=pl.String),
+        )
+        clusters = build_clusters_json(acc, f, log, scorer)
+        invalid = log.invalid.as_dict()
+        n_events = log.n_events
+    # accounts in no cluster and accounts whose cluster is benign keep their own verdicts
+    write_accounts_csv(acc, out / "accounts.csv")
+    (out / "clusters.json").write_text(json.dumps(clusters, indent=1, default=str) + "\n")
+    runtime = time.perf_counter() - started
+    meta = {
+        "version": __version__,
+        "generated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "inputs": [str(p) for p in paths],
+        "n_events": n_events,
+        "n_accounts": acc.height,
+        "invalid": invalid,
+        "model": (f"learned model ({getattr(scorer, 'model_file_', 'fitted')})"
+                  if scorer.mode == "learned" else
+                  "rules only: no fitted model file, weights from signals.yaml"),
+        "thresholds": dict(zip(("attack", "suspicious"), scorer._params()[2:])),
+        "runtime_s": round(runtime, 2),
+        "timings": {k: round(v, 2) for k, v in f.timings.items()},
+    }
+    (out / "run.json").write_text(json.dumps(meta, indent=1) + "\n")
+    render_report(out / "report.html", accounts=acc, clusters=clusters, meta=meta)
+    verdicts = dict(zip(*np.unique(acc["verdict"].to_numpy(), return_counts=True)))
+    cv: dict[str, int] = {}
+    for c in clusters:
+        cv[c["verdict"]] = cv.get(c["verdict"], 0) + 1
+    return DetectResult(out=out, n_events=n_events, n_accounts=acc.height,
+                        n_clusters=len(clusters), verdicts={k: int(v) for k, v in verdicts.items()},
+                        cluster_verdicts=cv, mode=scorer.mode, invalid=invalid,
+                        runtime_s=runtime)

@@ -1,0 +1,218 @@
+"""Stage 5 — score: combine an account's own signals with its cluster's into 0..1.
+
+:class:`Scorer` follows the scikit-learn contract: parameters in ``__init__``, ``fit`` learns
+``coef_``, ``intercept_`` and the verdict thresholds ``threshold_attack_`` /
+``threshold_suspicious_``; ``score`` is separate from ``decide``. The model is a logistic
+combination of signal strengths (``signals.yaml``), so every score decomposes into per-signal
+contributions, and ``reasons`` lists the strongest ones.
+
+Without a fitted model file the scorer runs in *rules mode*: the weights, intercept and
+thresholds come from the signal file itself, and outputs say so.
+
+A fitted model is saved as JSON (no pickle): weights by signal id, thresholds, the signal
+file version it was fitted against, and what it was trained on.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from .errors import ConfigError
+from .signals import SignalSet, load_signals
+
+MODEL_FORMAT = "distillguard-scorer"
+MODEL_FORMAT_VERSION = 1
+DEFAULT_MODEL = "data/models/scorer-v1.json"
+
+
+def _sigmoid(z: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-z))
+
+
+@dataclass
+class ScoredAccounts:
+    score: np.ndarray
+    verdict: np.ndarray
+    reasons: list[str]
+
+
+class Scorer:
+    """Logistic combination of signal strengths with learned verdict thresholds.
+
+    Parameters
+    ----------
+    signals : SignalSet or None
+        The signal definitions (default: the shipped ``signals.yaml``).
+    target_fpr : float
+        Benign false-positive rate the ``attack`` threshold is fitted for.
+    suspicious_fpr : float
+        Benign rate of ``suspicious`` or worse.
+    C : float
+        Inverse L2 regularisation of the logistic regression.
+    max_reasons : int
+        Number of signals named in ``reasons``.
+
+    Examples
+    --------
+    >>> s = Scorer()
+    >>> s.is_fitted()
+    False
+    """
+
+    def __init__(self, *, signals: SignalSet | None = None, target_fpr: float = 0.001,
+                 suspicious_fpr: float = 0.01, C: float = 1.0, max_reasons: int = 5,
+                 seed: int = 0) -> None:
+        self.signals = signals
+        self.target_fpr = target_fpr
+        self.suspicious_fpr = suspicious_fpr
+        self.C = C
+        self.max_reasons = max_reasons
+        self.seed = seed
+
+    # -- helpers -----------------------------------------------------------------------
+    def _signals(self) -> SignalSet:
+        return self.signals if self.signals is not None else load_signals()
+
+    def is_fitted(self) -> bool:
+        return hasattr(self, "coef_")
+
+    def _params(self) -> tuple[np.ndarray, float, float, float]:
+        if self.is_fitted():
+            return self.coef_, self.intercept_, self.threshold_attack_, self.threshold_suspicious_
+        ss = self._signals()
+        return (np.array([s.weight for s in ss.signals]), ss.intercept,
+                ss.thresholds["attack"], ss.thresholds["suspicious"])
+
+    @property
+    def mode(self) -> str:
+        return "learned" if self.is_fitted() else "rules"
+
+    # -- estimator API -----------------------------------------------------------------
+    def fit(self, features: pl.DataFrame, y: np.ndarray) -> "Scorer":
+        """Learn weights and thresholds from labelled accounts (y: 1 = attack)."""
+        from sklearn.linear_model import LogisticRegression
+
+        if not 0 < self.target_fpr < 0.5:
+            raise ConfigError(f"The 'target_fpr' parameter of Scorer must be in (0, 0.5). "
+                              f"Got {self.target_fpr!r} instead.")
+        y = np.asarray(y).astype(int)
+        X = self._signals().strengths(features)
+        lr = LogisticRegression(C=self.C, class_weight="balanced", max_iter=2000,
+                                random_state=self.seed)
+        lr.fit(X, y)
+        self.coef_ = lr.coef_[0].copy()
+        self.intercept_ = float(lr.intercept_[0])
+        raw = _sigmoid(X @ self.coef_ + self.intercept_)
+        benign = np.sort(raw[y == 0])
+        self.threshold_attack_ = float(_upper_quantile(benign, self.target_fpr))
+        self.threshold_suspicious_ = float(min(self.threshold_attack_,
+                                               _upper_quantile(benign, self.suspicious_fpr)))
+        self.n_train_ = int(len(y))
+        self.n_train_attack_ = int(y.sum())
+        return self
+
+    def score(self, features: pl.DataFrame) -> np.ndarray:
+        """Raw score in 0..1 (higher = more likely part of a campaign)."""
+        coef, b, _, _ = self._params()
+        X = self._signals().strengths(features)
+        return _sigmoid(X @ coef + b)
+
+    def decide(self, scores: np.ndarray) -> np.ndarray:
+        """Verdicts from scores: attack / suspicious / benign."""
+        _, _, t_att, t_sus = self._params()
+        return np.where(scores >= t_att, "attack",
+                        np.where(scores >= t_sus, "suspicious", "benign"))
+
+    def reasons(self, features: pl.DataFrame) -> list[str]:
+        """';'-separated ids of the signals that raised each score most, strongest first."""
+        coef, _, _, _ = self._params()
+        ss = self._signals()
+        contrib = ss.strengths(features) * coef
+        ids = np.array(ss.ids)
+        order = np.argsort(-contrib, axis=1, kind="stable")[:, : self.max_reasons]
+        out = []
+        for row, idx in zip(contrib, order):
+            names = [ids[j] for j in idx if row[j] > 0.05]
+            out.append(";".join(names))
+        return out
+
+    def run(self, features: pl.DataFrame) -> ScoredAccounts:
+        s = self.score(features)
+        return ScoredAccounts(score=s, verdict=self.decide(s), reasons=self.reasons(features))
+
+    # -- persistence -------------------------------------------------------------------
+    def to_dict(self, *, trained_on: dict | None = None) -> dict:
+        if not self.is_fitted():
+            raise ConfigError("Scorer is not fitted: nothing to save")
+        ss = self._signals()
+        return {
+            "format": MODEL_FORMAT, "format_version": MODEL_FORMAT_VERSION,
+            "signals_version": ss.version,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "weights": dict(zip(ss.ids, map(float, self.coef_))),
+            "intercept": self.intercept_,
+            "thresholds": {"attack": self.threshold_attack_,
+                           "suspicious": self.threshold_suspicious_},
+            "params": {"target_fpr": self.target_fpr, "suspicious_fpr": self.suspicious_fpr,
+                       "C": self.C},
+            "n_train": self.n_train_, "n_train_attack": self.n_train_attack_,
+            "trained_on": trained_on or {},
+        }
+
+    def save(self, path: str | Path, *, trained_on: dict | None = None) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(trained_on=trained_on), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path | None = None, *, signals: SignalSet | None = None) -> "Scorer":
+        """Load a fitted model (default: the shipped one). Raises ConfigError if unusable."""
+        if path is None:
+            ref = resources.files("distillguard").joinpath(DEFAULT_MODEL)
+            name = str(ref)
+            if not ref.is_file():
+                raise ConfigError(f"{name}: no model file")
+            text = ref.read_text()
+        else:
+            name = str(path)
+            try:
+                text = Path(path).read_text()
+            except OSError as err:
+                raise ConfigError(f"{path}: cannot read model file: {err.strerror}") from None
+        try:
+            d = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise ConfigError(f"{name}: not a model file (invalid JSON: {err})") from None
+        if d.get("format") != MODEL_FORMAT or d.get("format_version") != MODEL_FORMAT_VERSION:
+            raise ConfigError(f"{name}: not a {MODEL_FORMAT} v{MODEL_FORMAT_VERSION} file")
+        ss = signals if signals is not None else load_signals()
+        if d["signals_version"] != ss.version or set(d["weights"]) != set(ss.ids):
+            raise ConfigError(f"{name}: fitted for signals v{d['signals_version']}, "
+                              f"but the signal file is v{ss.version} with other signals; refit "
+                              f"with `python tools/fit_scorer.py`")
+        s = cls(signals=ss, **d.get("params", {}))
+        s.coef_ = np.array([d["weights"][i] for i in ss.ids])
+        s.intercept_ = float(d["intercept"])
+        s.threshold_attack_ = float(d["thresholds"]["attack"])
+        s.threshold_suspicious_ = float(d["thresholds"]["suspicious"])
+        s.n_train_ = int(d.get("n_train", 0))
+        s.n_train_attack_ = int(d.get("n_train_attack", 0))
+        s.trained_on_ = d.get("trained_on", {})
+        s.model_file_ = name
+        return s
+
+
+def _upper_quantile(sorted_benign: np.ndarray, fpr: float) -> float:
+    """Smallest threshold with at most ``fpr`` of benign scores at or above it."""
+    n = len(sorted_benign)
+    if n == 0:
+        return 0.5
+    allowed = int(np.floor(fpr * n))
+    # scores >= t flagged; choose t just above the (n - allowed)-th smallest score
+    idx = n - allowed - 1
+    return float(np.nextafter(sorted_benign[idx], 1.0))

@@ -1,0 +1,1228 @@
+"""Read traffic logs (contract.md §1) into the normalised frames of :mod:`distillguard.schema`.
+
+Containers are chosen by file name (``*.jsonl``, ``*.jsonl.gz``, ``*.jsonl.zst``,
+``*.parquet``); a directory means every such file below it (sorted; hidden files and names
+starting with ``_`` or ``.``, like ``_SUCCESS``, are ignored).
+
+Derivations (documented here once, used by every container):
+
+- ``prompt``: the ``prompt`` field when it is a non-empty string, else the text of the last
+  *user turn* of ``messages``. A user turn is a ``role: user`` message that is not made only of
+  ``tool_result`` parts (Anthropic style tool results travel in user messages); its text is its
+  string content or its text parts joined by ``"\\n"``.
+- ``system``: the ``system`` field (string, or a list of text parts joined by ``"\\n"``), else
+  the text of the ``system``/``developer`` role messages joined by ``"\\n"``.
+- ``n_turns``: messages that are not ``system``/``developer`` messages (so it does not depend
+  on where the system prompt travels); ``n_user_turns``: user turns as defined above. Both are
+  1 when only ``prompt`` is given (or ``messages`` is empty).
+- ``tool_names``: sorted unique names from ``tools`` (``name``, or OpenAI
+  ``{type: function, function: {name}}``, or the ``type`` of a built-in tool); ``[]`` when none.
+- ``has_tool_results``: a ``tool_result`` part, or a ``role: tool``/``function`` message.
+- ``has_image``: an ``image``/``image_url``/``input_image`` part (also inside tool results).
+- ``thinking``: bool → 0/1, int → budget, ``{type: enabled, budget_tokens: N}`` → N
+  (``{type: disabled}`` → 0). ``logprobs``: bool → 0/1, int → k; ``logprobs: true`` with an
+  int ``top_logprobs`` → that k (at least 1).
+- ``ts``/``created_at``: RFC 3339 string (no offset = UTC; numeric strings = epoch seconds)
+  or a number = Unix epoch seconds.
+- ``ip_prefix``: ``/24`` for IPv4, ``/48`` for IPv6 (IPv4-mapped v6 → the v4 /24); null for an
+  unparsable address (the ``ip`` itself is kept).
+- ``system_hash``/``tools_hash``: first 8 bytes of BLAKE2b (little endian) of the UTF-8 text
+  (tools: sorted names joined by ``"\\x1f"``); stable across runs and versions.
+- ``account_id``/string ids given as JSON integers are turned into strings; int fields accept
+  integer-valued floats and numeric strings. Blank JSONL lines are ignored.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import ipaddress
+import math
+import os
+import shutil
+import tempfile
+import weakref
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import orjson
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .errors import InputError
+from .schema import (
+    ACCOUNT_FIELDS,
+    ACCOUNT_SCHEMA,
+    EVENT_SCHEMA,
+    LABEL_SCHEMA,
+    OPTIONAL_EVENT_FIELDS,
+    RELEASE_SCHEMA,
+    TS,
+    conform,
+)
+
+__all__ = [
+    "LOG_SUFFIXES", "InvalidCounts", "Log", "expand_paths", "iter_event_batches", "read_log",
+    "read_accounts", "read_releases", "read_labels", "stable_hash64",
+]
+
+LOG_SUFFIXES = (".jsonl", ".jsonl.gz", ".jsonl.zst", ".parquet")
+#: Contract fields whose presence (raw value given, non-null) is tracked while reading.
+PRESENCE_FIELDS = tuple(OPTIONAL_EVENT_FIELDS) + tuple(ACCOUNT_FIELDS)
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_MAX_EPOCH_S = 253_402_300_799  # 9999-12-31T23:59:59Z
+_STR_FIELDS = ("request_id", "api_key_id", "model", "response", "ip", "country", "user_agent",
+               "tls_fingerprint")
+_INT_FIELDS = ("input_tokens", "output_tokens", "max_tokens", "status", "asn")
+_ACC_STR_FIELDS = ("tier", "email_domain", "payment_fingerprint", "billing_country")
+_SYSTEM_ROLES = frozenset(("system", "developer"))
+_TOOL_ROLES = frozenset(("tool", "function"))
+_TEXT_PARTS = frozenset(("text", "input_text", "output_text"))
+_IMAGE_PARTS = frozenset(("image", "image_url", "input_image"))
+_TOOL_RESULT_PARTS = frozenset(("tool_result", "function_call_output"))
+_TRUE = frozenset(("true", "t", "yes", "y", "1", "enabled"))
+_FALSE = frozenset(("false", "f", "no", "n", "0", "disabled", ""))
+_INT64_MAX = 2**63 - 1
+
+# Internal frame columns that are not in EVENT_SCHEMA: raw presence flags of derived fields.
+_FLAG_COLS = ("_has_messages", "_has_prompt", "_has_system", "_has_tools")
+
+
+# --------------------------------------------------------------------------------------------
+# Invalid-record bookkeeping
+# --------------------------------------------------------------------------------------------
+
+class InvalidCounts:
+    """Counts of skipped records by reason (``malformed_json``, ``missing_ts``, ``bad_ts``,
+    ``missing_account_id``, ``missing_prompt``, ``bad_type:<field>``), with one example
+    location per reason in :attr:`examples`."""
+
+    def __init__(self) -> None:
+        self.counts: Counter[str] = Counter()
+        self.examples: dict[str, str] = {}
+
+    def add(self, reason: str, n: int = 1, example: str | None = None) -> None:
+        self.counts[reason] += n
+        if example is not None and reason not in self.examples:
+            self.examples[reason] = example
+
+    def merge(self, other: InvalidCounts) -> None:
+        for reason, n in other.counts.items():
+            self.add(reason, n, other.examples.get(reason))
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    def as_dict(self) -> dict[str, int]:
+        return dict(sorted(self.counts.items()))
+
+    def __repr__(self) -> str:
+        return f"InvalidCounts(total={self.total}, {self.as_dict()})"
+
+
+class _Bad(Exception):
+    """A contract violation found in one record (internal, cheap)."""
+
+    def __init__(self, reason: str, field: str | None, msg: str) -> None:
+        self.reason, self.field, self.msg = reason, field, msg
+
+
+def _short(v: object, n: int = 60) -> str:
+    r = repr(v)
+    return r if len(r) <= n else r[: n - 3] + "..."
+
+
+def _tname(v: object) -> str:
+    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean",
+            int: "an integer", float: "a number"}.get(type(v), type(v).__name__)
+
+
+def _bad_type(f: str, v: object, want: str) -> _Bad:
+    return _Bad(f"bad_type:{f}", f, f"expected {want}, got {_tname(v)} {_short(v)}")
+
+
+class _Ctx:
+    """Reading options and running counters shared by the container readers."""
+
+    def __init__(self, skip_invalid: bool, invalid: InvalidCounts, batch_rows: int,
+                 on_bytes: Callable[[int], None] | None = None) -> None:
+        self.skip = skip_invalid
+        self.invalid = invalid
+        self.batch_rows = max(1, int(batch_rows))
+        self.on_bytes = on_bytes
+        self.records = 0  # every record met, valid or not
+
+    def bad(self, path: Path, reason: str, field: str | None, msg: str, *, line: int | None = None,
+            row_group: int | None = None, row: int | None = None) -> None:
+        err = InputError(msg, path=str(path), line=line, row_group=row_group, row=row,
+                         field=field, reason=reason)
+        if not self.skip:
+            raise err
+        self.invalid.add(reason, 1, str(err))
+
+    def advance(self, n: int) -> None:
+        if self.on_bytes is not None and n:
+            self.on_bytes(n)
+
+
+# --------------------------------------------------------------------------------------------
+# Scalar coercion (per value; used by the JSONL path and the Parquet fallback)
+# --------------------------------------------------------------------------------------------
+
+def _ts_us(v: object, f: str = "ts") -> int:
+    """Microseconds since the epoch (UTC) from an RFC 3339 string or epoch seconds."""
+    t = type(v)
+    if t is str:
+        s = v.strip()
+        try:
+            dt = datetime.fromisoformat(s)
+        except ValueError:
+            try:
+                return _ts_us(float(s), f)
+            except (ValueError, _Bad):
+                raise _Bad("bad_ts" if f == "ts" else f"bad_type:{f}", f,
+                           f"unparsable timestamp {_short(v)}") from None
+        if dt.tzinfo is None:
+            dt = dt.replace(tzinfo=timezone.utc)
+        d = dt - _EPOCH
+        return (d.days * 86400 + d.seconds) * 1_000_000 + d.microseconds
+    if t is int or t is float:
+        if not (math.isfinite(v) and -_MAX_EPOCH_S <= v <= _MAX_EPOCH_S):
+            raise _Bad("bad_ts" if f == "ts" else f"bad_type:{f}", f,
+                       f"epoch seconds out of range {_short(v)}")
+        return v * 1_000_000 if t is int else round(v * 1e6)
+    raise _Bad("bad_ts" if f == "ts" else f"bad_type:{f}", f,
+               f"unparsable timestamp: expected RFC 3339 string or epoch seconds, "
+               f"got {_tname(v)} {_short(v)}")
+
+
+def _as_str(v: object, f: str) -> str | None:
+    if v is None or type(v) is str:
+        return v
+    if type(v) is int:
+        return str(v)
+    raise _bad_type(f, v, "a string")
+
+
+def _as_int(v: object, f: str) -> int | None:
+    if v is None:
+        return None
+    t = type(v)
+    if t is int:
+        if -_INT64_MAX <= v <= _INT64_MAX:
+            return v
+    elif t is float:
+        if math.isfinite(v) and v.is_integer() and abs(v) < 2**62:
+            return int(v)
+    elif t is str:
+        try:
+            return _as_int(int(v.strip()), f)
+        except (ValueError, _Bad):
+            pass
+    raise _bad_type(f, v, "an integer")
+
+
+def _as_float(v: object, f: str) -> float | None:
+    if v is None:
+        return None
+    t = type(v)
+    if t is float or t is int:
+        return float(v)
+    if t is str:
+        try:
+            return float(v)
+        except ValueError:
+            pass
+    raise _bad_type(f, v, "a number")
+
+
+def _as_bool(v: object, f: str) -> bool | None:
+    if v is None or type(v) is bool:
+        return v
+    if type(v) is int and v in (0, 1):
+        return bool(v)
+    if type(v) is str:
+        s = v.strip().lower()
+        if s in _TRUE:
+            return True
+        if s in _FALSE:
+            return False
+    raise _bad_type(f, v, "a boolean")
+
+
+def _flag_int(v: object, f: str) -> int | None:
+    """thinking / logprobs: bool → 0/1, int → budget/k, Anthropic dict → budget."""
+    if v is None:
+        return None
+    t = type(v)
+    if t is bool:
+        return int(v)
+    if t is int and v >= 0:
+        return v
+    if t is float and v >= 0 and v.is_integer():
+        return int(v)
+    if t is dict:
+        kind = v.get("type")
+        if kind == "disabled" or v.get("enabled") is False:
+            return 0
+        budget = v.get("budget_tokens")
+        if type(budget) is int and budget >= 0:
+            return max(budget, 1)
+        return 1
+    if t is str:
+        s = v.strip().lower()
+        if s in _TRUE:
+            return 1
+        if s in _FALSE:
+            return 0
+        if s.isdigit():
+            return int(s)
+    raise _bad_type(f, v, "a boolean or an integer")
+
+
+# --------------------------------------------------------------------------------------------
+# Nested fields (messages, system, tools)
+# --------------------------------------------------------------------------------------------
+
+def _content(content: object) -> tuple[str | None, bool, bool, bool]:
+    """(text, has_image, has_tool_result, only_tool_results) of one message content."""
+    if content is None:
+        return None, False, False, False
+    if type(content) is str:
+        return content, False, False, False
+    if type(content) is dict:
+        content = [content]
+    if type(content) is not list:
+        raise _bad_type("messages", content, "content as a string or a list of parts")
+    texts: list[str] = []
+    img = tr = False
+    for p in content:
+        if type(p) is str:
+            texts.append(p)
+            continue
+        if type(p) is not dict:
+            raise _bad_type("messages", p, "a content part object")
+        kind = p.get("type")
+        if kind in _TEXT_PARTS or (kind is None and type(p.get("text")) is str):
+            x = p.get("text")
+            if type(x) is str:
+                texts.append(x)
+        elif kind in _IMAGE_PARTS:
+            img = True
+        elif kind in _TOOL_RESULT_PARTS:
+            tr = True
+            inner = p.get("content")
+            if type(inner) is list:
+                img = img or any(type(q) is dict and q.get("type") in _IMAGE_PARTS for q in inner)
+    return ("\n".join(texts) if texts else None), img, tr, (tr and not texts)
+
+
+def _messages(msgs: object) -> tuple[str | None, str | None, int, int, bool, bool]:
+    """(prompt, system, n_turns, n_user_turns, has_tool_results, has_image) of ``messages``."""
+    if type(msgs) is not list:
+        raise _bad_type("messages", msgs, "a list of {role, content}")
+    prompt = None
+    sys_texts: list[str] = []
+    n_turns = n_user = 0
+    tr = img = False
+    for m in msgs:
+        if type(m) is not dict:
+            raise _bad_type("messages", m, "a message object {role, content}")
+        role = m.get("role")
+        text, i, t, only_tr = _content(m.get("content"))
+        img |= i
+        tr |= t
+        if role in _SYSTEM_ROLES:
+            if text is not None:
+                sys_texts.append(text)
+            continue
+        n_turns += 1
+        if role in _TOOL_ROLES:
+            tr = True
+        elif role == "user" and not only_tr:
+            n_user += 1
+            if text is not None:
+                prompt = text
+    return prompt, ("\n".join(sys_texts) if sys_texts else None), n_turns, n_user, tr, img
+
+
+def _system(v: object) -> str | None:
+    if v is None or type(v) is str:
+        return v
+    if type(v) is list:
+        text, _, _, _ = _content(v)
+        return text
+    raise _bad_type("system", v, "a string or a list of text parts")
+
+
+def _tools(v: object) -> list[str]:
+    if v is None:
+        return []
+    if type(v) is not list:
+        raise _bad_type("tools", v, "a list of tool definitions")
+    names = set()
+    for t in v:
+        if type(t) is not dict:
+            raise _bad_type("tools", t, "a tool definition object")
+        n = t.get("name")
+        if n is None:
+            fn = t.get("function")
+            if type(fn) is dict:
+                n = fn.get("name")
+        if n is None and t.get("type") not in (None, "function"):
+            n = t.get("type")
+        if type(n) is str and n:
+            names.add(n)
+    return sorted(names)
+
+
+# Column order of the per-record tuples built by _norm (ts and created_at as epoch µs).
+_PY_COLS = (
+    "ts", "account_id", "request_id", "api_key_id", "model", "prompt", "system", "n_turns",
+    "n_user_turns", "tool_names", "has_tool_results", "has_image", "response", "input_tokens",
+    "output_tokens", "max_tokens", "temperature", "thinking", "logprobs", "status", "ip", "asn",
+    "country", "user_agent", "tls_fingerprint", *_FLAG_COLS, *ACCOUNT_FIELDS,
+)
+_PY_DTYPES = {**EVENT_SCHEMA, **ACCOUNT_SCHEMA, "ts": pl.Int64, "created_at": pl.Int64,
+              **{c: pl.Boolean for c in _FLAG_COLS}}
+
+
+def _norm(rec: dict) -> tuple:
+    """Validate and normalise one raw record; raises :class:`_Bad`."""
+    g = rec.get
+    ts = g("ts")
+    if ts is None:
+        raise _Bad("missing_ts", "ts", "missing timestamp")
+    ts = _ts_us(ts)
+    acc = g("account_id")
+    if acc is None or acc == "":
+        raise _Bad("missing_account_id", "account_id", "missing account_id")
+    if type(acc) is not str:
+        if type(acc) is not int or type(acc) is bool:
+            raise _bad_type("account_id", acc, "a string")
+        acc = str(acc)
+    prompt = raw_prompt = g("prompt")
+    if prompt is not None and type(prompt) is not str:
+        raise _bad_type("prompt", prompt, "a string")
+    msgs = g("messages")
+    has_msgs = msgs is not None
+    if has_msgs:
+        m_prompt, m_sys, n_turns, n_user, tr, img = _messages(msgs)
+    has_prompt = bool(prompt)
+    if not has_msgs or not msgs:
+        if not has_prompt:
+            raise _Bad("missing_prompt", "prompt", "record has neither messages nor prompt")
+        m_prompt = m_sys = None
+        n_turns = n_user = 1
+        tr = img = False
+    if not has_prompt:
+        prompt = m_prompt
+    system = g("system")
+    has_sys = system is not None
+    system = _system(system) if has_sys else m_sys
+    tools = g("tools")
+    tool_names = _tools(tools)
+    logprobs = g("logprobs")
+    if logprobs is True:
+        k = g("top_logprobs")
+        logprobs = max(k, 1) if type(k) is int else 1
+    else:
+        logprobs = _flag_int(logprobs, "logprobs")
+    created = g("created_at")
+    return (
+        ts, acc, _as_str(g("request_id"), "request_id"), _as_str(g("api_key_id"), "api_key_id"),
+        _as_str(g("model"), "model"), prompt, system, n_turns, n_user, tool_names, tr, img,
+        _as_str(g("response"), "response"), _as_int(g("input_tokens"), "input_tokens"),
+        _as_int(g("output_tokens"), "output_tokens"), _as_int(g("max_tokens"), "max_tokens"),
+        _as_float(g("temperature"), "temperature"), _flag_int(g("thinking"), "thinking"),
+        logprobs, _as_int(g("status"), "status"), _as_str(g("ip"), "ip"),
+        _as_int(g("asn"), "asn"), _as_str(g("country"), "country"),
+        _as_str(g("user_agent"), "user_agent"), _as_str(g("tls_fingerprint"), "tls_fingerprint"),
+        has_msgs, raw_prompt is not None, has_sys, tools is not None,
+        None if created is None else _ts_us(created, "created_at"),
+        _as_str(g("tier"), "tier"), _as_str(g("email_domain"), "email_domain"),
+        _as_str(g("payment_fingerprint"), "payment_fingerprint"),
+        _as_str(g("billing_country"), "billing_country"), _as_bool(g("verified"), "verified"),
+    )
+
+
+def _py_frame(rows: list[tuple]) -> pl.DataFrame:
+    """Frame from _norm tuples (columnar construction), finished to the event schema."""
+    cols = list(zip(*rows)) if rows else [()] * len(_PY_COLS)
+    df = pl.DataFrame([pl.Series(name, list(vals), dtype=_PY_DTYPES[name], strict=False)
+                       for name, vals in zip(_PY_COLS, cols)])
+    df = df.with_columns(pl.col("ts").cast(pl.Datetime("us")).dt.replace_time_zone("UTC"),
+                         pl.col("created_at").cast(pl.Datetime("us")).dt.replace_time_zone("UTC"))
+    return _finish(df)
+
+
+# --------------------------------------------------------------------------------------------
+# Batch-level derivations: hashes and IP prefixes over unique values
+# --------------------------------------------------------------------------------------------
+
+def stable_hash64(text: str) -> int:
+    """Stable unsigned 64-bit hash of a string (BLAKE2b, 8 bytes, little endian)."""
+    return int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest(), "little")
+
+
+def _map_unique(s: pl.Series, fn: Callable[[str], object], dtype: pl.DataType) -> pl.Series:
+    """Apply ``fn`` to the unique non-null values of ``s`` only, and map the results back."""
+    u = s.drop_nulls().unique()
+    if len(u) == 0:
+        return pl.Series(s.name, [None] * len(s), dtype=dtype)
+    vals = pl.Series([fn(x) for x in u.to_list()], dtype=dtype)
+    return s.replace_strict(u, vals, default=None, return_dtype=dtype)
+
+
+def _ip_prefix(ip: str) -> str | None:
+    try:
+        a = ipaddress.ip_address(ip.strip())
+    except ValueError:
+        return None
+    if a.version == 6 and a.ipv4_mapped is not None:
+        a = a.ipv4_mapped
+    if a.version == 4:
+        return f"{ipaddress.IPv4Address(int(a) & 0xFFFFFF00)}/24"
+    return f"{ipaddress.IPv6Address(int(a) & ~((1 << 80) - 1))}/48"
+
+
+def _finish(df: pl.DataFrame) -> pl.DataFrame:
+    """Add hashes and ip_prefix, and order/cast columns: EVENT_SCHEMA, account fields, flags."""
+    tool_key = (pl.when(pl.col("tool_names").list.len() > 0)
+                .then(pl.col("tool_names").list.join("\x1f")))
+    df = df.with_columns(tool_names=pl.col("tool_names").fill_null([]))
+    keys = df.select(tool_key.alias("k"))["k"]
+    df = df.with_columns(
+        system_hash=_map_unique(df["system"], stable_hash64, pl.UInt64),
+        tools_hash=_map_unique(keys, stable_hash64, pl.UInt64),
+        ip_prefix=_map_unique(df["ip"], _ip_prefix, pl.String),
+    )
+    return conform(df, {**EVENT_SCHEMA, **ACCOUNT_SCHEMA, **{c: pl.Boolean for c in _FLAG_COLS}})
+
+
+# --------------------------------------------------------------------------------------------
+# JSON Lines
+# --------------------------------------------------------------------------------------------
+
+class _CountingReader(io.RawIOBase):
+    """Wraps a binary file to report bytes read (compressed bytes for .gz/.zst)."""
+
+    def __init__(self, fh, ctx: _Ctx) -> None:
+        self._fh, self._ctx = fh, ctx
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:
+        n = self._fh.readinto(b)
+        self._ctx.advance(n or 0)
+        return n
+
+    def close(self) -> None:
+        self._fh.close()
+        super().close()
+
+
+def _open_lines(path: Path, ctx: _Ctx):
+    raw = io.BufferedReader(_CountingReader(open(path, "rb"), ctx), buffer_size=1 << 20)
+    name = path.name
+    if name.endswith(".gz"):
+        return gzip.GzipFile(fileobj=raw, mode="rb")
+    if name.endswith(".zst"):
+        import zstandard
+
+        return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(
+            raw, read_across_frames=True, closefd=True),
+                                 buffer_size=1 << 20)
+    return raw
+
+
+def _iter_jsonl(path: Path, ctx: _Ctx) -> Iterator[pl.DataFrame]:
+    rows: list[tuple] = []
+    lineno = 0
+    loads, JSONDecodeError, norm = orjson.loads, orjson.JSONDecodeError, _norm
+    try:
+        fh = _open_lines(path, ctx)
+    except OSError as e:
+        raise InputError(f"cannot open: {e.strerror or e}", path=str(path)) from None
+    with fh:
+        lines = iter(fh)
+        while True:
+            try:
+                line = next(lines)
+            except StopIteration:
+                break
+            except Exception as e:  # corrupt compressed stream, I/O error
+                raise InputError(f"cannot read after line {lineno}: {e}",
+                                 path=str(path)) from None
+            lineno += 1
+            try:
+                rec = loads(line)
+            except JSONDecodeError as e:
+                if not line.strip():
+                    continue
+                ctx.records += 1
+                ctx.bad(path, "malformed_json", None, f"malformed JSON: {e}", line=lineno)
+                continue
+            ctx.records += 1
+            if type(rec) is not dict:
+                ctx.bad(path, "malformed_json", None,
+                        f"line is not a JSON object but {_tname(rec)}", line=lineno)
+                continue
+            try:
+                rows.append(norm(rec))
+            except _Bad as b:
+                ctx.bad(path, b.reason, b.field, b.msg, line=lineno)
+                continue
+            if len(rows) >= ctx.batch_rows:
+                yield _py_frame(rows)
+                rows = []
+    if rows:
+        yield _py_frame(rows)
+
+
+# --------------------------------------------------------------------------------------------
+# Parquet
+# --------------------------------------------------------------------------------------------
+
+def _is_str(dt: pl.DataType) -> bool:
+    return dt in (pl.String, pl.Categorical) or isinstance(dt, (pl.Categorical, pl.Enum))
+
+
+def _is_ts_like(dt: pl.DataType) -> bool:
+    return (isinstance(dt, pl.Datetime) or dt == pl.Date or dt.is_numeric() or _is_str(dt)
+            or dt == pl.Null)
+
+
+def _struct_fields(dt: pl.DataType) -> dict[str, pl.DataType] | None:
+    if isinstance(dt, pl.List) and isinstance(dt.inner, pl.Struct):
+        return {f.name: f.dtype for f in dt.inner.fields}
+    return None
+
+
+def _vectorisable(schema: dict[str, pl.DataType]) -> bool:
+    """Whether every contract column has a shape the vectorised Parquet path handles."""
+    for name, dt in schema.items():
+        if dt == pl.Null:
+            continue
+        if name in ("ts", "created_at"):
+            ok = _is_ts_like(dt)
+        elif name in ("account_id", *_STR_FIELDS, *_ACC_STR_FIELDS, "prompt", "system"):
+            ok = _is_str(dt) or dt.is_integer()
+        elif name in (*_INT_FIELDS, "thinking", "logprobs"):
+            ok = dt.is_integer() or _is_str(dt) or dt == pl.Boolean and name in (
+                "thinking", "logprobs")
+        elif name == "temperature":
+            ok = dt.is_numeric() or _is_str(dt)
+        elif name == "verified":
+            ok = dt == pl.Boolean
+        elif name == "messages":
+            f = _struct_fields(dt)
+            ok = (f is not None and _is_str(f.get("role", pl.Null))
+                  and _is_str(f.get("content", pl.Null)))
+        elif name == "tools":
+            f = _struct_fields(dt)
+            ok = f is not None and _is_str(f.get("name", pl.Null))
+        else:
+            continue
+        if not ok:
+            return False
+    return True
+
+
+def _vec_ts(s: pl.Series, f: str) -> tuple[pl.Series, pl.Series]:
+    """(timestamp[us, UTC], bad mask) from a Parquet ts-like column."""
+    dt = s.dtype
+    if isinstance(dt, pl.Datetime):
+        out = (s.dt.replace_time_zone("UTC") if dt.time_zone is None
+               else s.dt.convert_time_zone("UTC")).dt.cast_time_unit("us")
+        return out, pl.Series([False] * len(s))
+    if dt == pl.Date:
+        return s.cast(pl.Datetime("us")).dt.replace_time_zone("UTC"), pl.Series([False] * len(s))
+    if dt == pl.Null:
+        return pl.Series(s.name, [None] * len(s), dtype=TS), pl.Series([False] * len(s))
+    if dt.is_numeric():
+        x = s.cast(pl.Float64)
+        ok = x.is_finite() & (x.abs() <= _MAX_EPOCH_S)
+        us = (s.cast(pl.Int64, strict=False) * 1_000_000 if dt.is_integer()
+              else (x * 1e6).round().cast(pl.Int64, strict=False))
+        us = pl.select(pl.when(ok).then(us)).to_series()
+    else:
+        def parse(v: str) -> int | None:
+            try:
+                return _ts_us(v, f)
+            except _Bad:
+                return None
+        us = _map_unique(s.cast(pl.String), parse, pl.Int64)
+    bad = s.is_not_null() & us.is_null()
+    return us.cast(pl.Datetime("us")).dt.replace_time_zone("UTC"), bad
+
+
+def _vec_frame(df: pl.DataFrame) -> tuple[pl.DataFrame, pl.Series]:
+    """Normalise a Parquet batch with the vectorised path; returns (frame, reason per row)."""
+    n = len(df)
+    cols = df.columns
+    out: dict[str, pl.Series] = {}
+    reasons: list[pl.Series] = []
+
+    def col(name: str) -> pl.Series:
+        return df[name] if name in cols else pl.Series(name, [None] * n, dtype=pl.Null)
+
+    def cast(name: str, dtype: pl.DataType) -> pl.Series:
+        raw = col(name)
+        if raw.dtype == pl.Null:
+            return pl.Series(name, [None] * n, dtype=dtype)
+        if isinstance(raw.dtype, (pl.Categorical, pl.Enum)):
+            raw = raw.cast(pl.String)
+        v = raw.cast(dtype, strict=False)
+        reasons.append(pl.select(pl.when(raw.is_not_null() & v.is_null())
+                                 .then(pl.lit(f"bad_type:{name}"))).to_series())
+        return v.alias(name)
+
+    ts_raw = col("ts")
+    ts, ts_bad = _vec_ts(ts_raw, "ts")
+    acc = cast("account_id", pl.String)
+    prompt = cast("prompt", pl.String)
+    msgs = col("messages")
+    if msgs.dtype == pl.Null:
+        msgs = pl.Series("messages", [None] * n, dtype=pl.List(pl.Struct(
+            {"role": pl.String, "content": pl.String})))
+    has_msgs = msgs.list.len().fill_null(0) > 0
+    has_prompt = prompt.fill_null("") != ""
+    head = pl.select(
+        pl.when(ts_raw.is_null()).then(pl.lit("missing_ts"))
+        .when(ts_bad).then(pl.lit("bad_ts"))
+        .when(acc.fill_null("") == "").then(
+            pl.when(col("account_id").is_null() | (acc == "")).then(pl.lit("missing_account_id"))
+            .otherwise(pl.lit("bad_type:account_id")))
+        .when(~has_msgs & ~has_prompt).then(pl.lit("missing_prompt"))
+    ).to_series()
+    reasons.insert(0, head)
+
+    r = pl.element().struct.field("role")
+    c = pl.element().struct.field("content")
+    m = pl.lit(msgs)
+    mf = pl.select(
+        m_prompt=m.list.eval(pl.element().filter((r == "user") & c.is_not_null())
+                             .struct.field("content")).list.last(),
+        m_sys_n=m.list.eval(r.is_in(list(_SYSTEM_ROLES)) & c.is_not_null()).list.sum(),
+        m_sys=m.list.eval(pl.element().filter(r.is_in(list(_SYSTEM_ROLES)) & c.is_not_null())
+                          .struct.field("content")).list.join("\n"),
+        n_turns=m.list.eval(~r.is_in(list(_SYSTEM_ROLES)).fill_null(False)).list.sum(),
+        n_user=m.list.eval((r == "user").fill_null(False)).list.sum(),
+        tr=m.list.eval(r.is_in(list(_TOOL_ROLES)).fill_null(False)).list.any(),
+    )
+    hm = pl.lit(has_msgs)
+    system = cast("system", pl.String)
+    tools = col("tools")
+    tf = _struct_fields(tools.dtype)
+    if tf is not None:
+        name = pl.element().struct.field("name")
+        if isinstance(tf.get("function"), pl.Struct) and "name" in {
+                x.name for x in tf["function"].fields}:
+            name = pl.coalesce(name, pl.element().struct.field("function").struct.field("name"))
+        tool_names = pl.select(pl.lit(tools).list.eval(name.filter(name.is_not_null() & (name != "")))
+                               .list.unique().list.sort()).to_series()
+    else:
+        tool_names = pl.Series([None] * n, dtype=pl.List(pl.String))
+
+    frame = pl.DataFrame({"ts": ts, "account_id": acc}).with_columns(
+        prompt=pl.when(pl.lit(has_prompt)).then(pl.lit(prompt)).when(hm).then(mf["m_prompt"]),
+        system=pl.when(pl.lit(system).is_not_null()).then(pl.lit(system))
+        .when(hm & (mf["m_sys_n"] > 0)).then(mf["m_sys"]),
+        n_turns=pl.when(hm).then(mf["n_turns"]).otherwise(1),
+        n_user_turns=pl.when(hm).then(mf["n_user"]).otherwise(1),
+        has_tool_results=pl.when(hm).then(mf["tr"]).otherwise(False),
+        has_image=pl.lit(False),
+        tool_names=tool_names,
+        _has_messages=msgs.is_not_null(),
+        _has_prompt=prompt.is_not_null(),
+        _has_system=system.is_not_null(),
+        _has_tools=tools.is_not_null(),
+    )
+    for f in _STR_FIELDS + _ACC_STR_FIELDS:
+        out[f] = cast(f, pl.String)
+    for f in _INT_FIELDS + ("thinking", "logprobs"):
+        out[f] = cast(f, pl.Int64)
+    out["temperature"] = cast("temperature", pl.Float64)
+    out["verified"] = cast("verified", pl.Boolean)
+    created, created_bad = _vec_ts(col("created_at"), "created_at")
+    out["created_at"] = created
+    reasons.append(pl.select(pl.when(created_bad).then(pl.lit("bad_type:created_at"))).to_series())
+    neg = pl.select(pl.when((out["thinking"] < 0) | (out["logprobs"] < 0))
+                    .then(pl.lit("bad_type:thinking"))).to_series()
+    reasons.append(neg)
+    frame = frame.with_columns(**out)
+    reason = pl.select(pl.coalesce(reasons)).to_series() if n else pl.Series([], dtype=pl.String)
+    return _finish(frame), reason
+
+
+_JSON_COLS = ("messages", "tools", "system", "thinking", "logprobs")
+
+
+def _py_rows_parquet(batch: pa.RecordBatch) -> list[dict]:
+    """Records of a batch for the per-row fallback, JSON-string nested fields decoded."""
+    recs = batch.to_pylist()
+    names = batch.schema.names
+    decode = [c for c in _JSON_COLS if c in names and (
+        pa.types.is_string(batch.schema.field(c).type)
+        or pa.types.is_large_string(batch.schema.field(c).type)
+        or pa.types.is_string_view(batch.schema.field(c).type))]
+    for c in decode:
+        for rec in recs:
+            v = rec.get(c)
+            if type(v) is str:
+                s = v.lstrip()
+                if c in ("messages", "tools") or s[:1] in ("{", "["):
+                    try:
+                        rec[c] = orjson.loads(v)
+                    except orjson.JSONDecodeError:
+                        rec[c] = _BadJSON(v)
+    return recs
+
+
+class _BadJSON(str):
+    """A JSON-string column value that did not parse (reported as bad_type)."""
+
+
+def _iter_parquet(path: Path, ctx: _Ctx) -> Iterator[pl.DataFrame]:
+    try:
+        pf = pq.ParquetFile(path)
+    except (OSError, pa.ArrowException) as e:
+        raise InputError(f"cannot read Parquet file: {e}", path=str(path)) from None
+    try:
+        polars_schema = dict(pl.from_arrow(pf.schema_arrow.empty_table()).schema)
+    except Exception as e:  # an Arrow type polars does not know
+        raise InputError(f"unsupported Parquet schema: {e}", path=str(path)) from None
+    vec = _vectorisable(polars_schema)
+    md = pf.metadata
+    size = os.path.getsize(path)
+    total_rows = max(md.num_rows, 1)
+    for g in range(md.num_row_groups):
+        offset = 0
+        try:
+            batches = pf.iter_batches(batch_size=ctx.batch_rows, row_groups=[g],
+                                      use_threads=True)
+            for batch in batches:
+                ctx.records += batch.num_rows
+                yield from _parquet_batch(path, ctx, batch, g, offset, vec)
+                offset += batch.num_rows
+        except (OSError, pa.ArrowException) as e:
+            raise InputError(f"cannot read Parquet row group {g}: {e}", path=str(path)) from None
+        ctx.advance(int(size * md.row_group(g).num_rows / total_rows))
+
+
+def _parquet_batch(path: Path, ctx: _Ctx, batch: pa.RecordBatch, g: int, offset: int,
+                   vec: bool) -> Iterator[pl.DataFrame]:
+    if vec:
+        df = pl.from_arrow(batch)
+        assert isinstance(df, pl.DataFrame)
+        frame, reason = _vec_frame(df)
+        bad = reason.is_not_null()
+        if bad.any():
+            idx = bad.arg_true()
+            if not ctx.skip:
+                i = int(idx[0])
+                rsn = reason[i]
+                fld = "prompt" if rsn == "missing_prompt" else rsn.removeprefix(
+                    "bad_").removeprefix("missing_").removeprefix("type:")
+                fld = "ts" if rsn in ("missing_ts", "bad_ts") else fld
+                v = df[fld][i] if fld in df.columns else None
+                msg = {"missing_ts": "missing timestamp",
+                       "bad_ts": f"unparsable timestamp {_short(v)}",
+                       "missing_account_id": "missing account_id",
+                       "missing_prompt": "record has neither messages nor prompt"}.get(
+                    rsn, f"wrong type or value {_short(v)}")
+                ctx.bad(path, rsn, fld, msg, row_group=g, row=offset + i)
+            for i in idx.to_list():
+                ctx.bad(path, reason[i], None, reason[i], row_group=g, row=offset + i)
+            frame = frame.filter(~bad)
+        if len(frame):
+            yield frame
+        return
+    rows: list[tuple] = []
+    for i, rec in enumerate(_py_rows_parquet(batch)):
+        try:
+            for c in _JSON_COLS:
+                if type(rec.get(c)) is _BadJSON:
+                    raise _Bad(f"bad_type:{c}", c, f"invalid JSON string {_short(str(rec[c]))}")
+            rows.append(_norm(rec))
+        except _Bad as b:
+            ctx.bad(path, b.reason, b.field, b.msg, row_group=g, row=offset + i)
+    if rows:
+        yield _py_frame(rows)
+
+
+# --------------------------------------------------------------------------------------------
+# Public API: events
+# --------------------------------------------------------------------------------------------
+
+def _is_log_name(name: str) -> bool:
+    return name.endswith(LOG_SUFFIXES)
+
+
+def expand_paths(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> list[Path]:
+    """The log files named by ``paths`` (files and directories), in reading order."""
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    out: list[Path] = []
+    seen: set[Path] = set()
+    for p in map(Path, paths):
+        if p.is_dir():
+            found = sorted(
+                f for f in p.rglob("*")
+                if _is_log_name(f.name) and f.is_file()
+                and not any(part.startswith((".", "_")) for part in f.relative_to(p).parts))
+            if not found:
+                raise InputError("directory holds no log file (*.jsonl, *.jsonl.gz, "
+                                 "*.jsonl.zst, *.parquet)", path=str(p))
+        elif p.is_file():
+            if not _is_log_name(p.name):
+                raise InputError("unknown log container: expected *.jsonl, *.jsonl.gz, "
+                                 "*.jsonl.zst or *.parquet", path=str(p))
+            found = [p]
+        elif p.exists():
+            raise InputError("not a regular file or directory", path=str(p))
+        else:
+            raise InputError("no such file or directory", path=str(p))
+        for f in found:
+            key = f.resolve()
+            if key not in seen:
+                seen.add(key)
+                out.append(f)
+    if not out:
+        raise InputError("no input log given")
+    return out
+
+
+def _iter_frames(files: list[Path], ctx: _Ctx) -> Iterator[tuple[Path, pl.DataFrame]]:
+    """Internal frames (EVENT_SCHEMA + ACCOUNT_FIELDS + presence flags) per file."""
+    for path in files:
+        if not os.access(path, os.R_OK):
+            raise InputError("file is not readable (permission denied)", path=str(path))
+        reader = _iter_parquet if path.name.endswith(".parquet") else _iter_jsonl
+        for frame in reader(path, ctx):
+            yield path, frame
+    if ctx.records == 0:
+        raise InputError("no records: the input is empty",
+                         path=", ".join(map(str, files)) if len(files) < 4 else None)
+
+
+def iter_event_batches(paths, *, skip_invalid: bool = False, invalid: InvalidCounts | None = None,
+                       batch_rows: int = 100_000) -> Iterator[pl.DataFrame]:
+    """Stream the events of ``paths`` as frames of at most ``batch_rows`` rows.
+
+    Each frame has exactly the columns of ``schema.EVENT_SCHEMA`` followed by those
+    ``schema.ACCOUNT_FIELDS`` given inline in that batch (normalised as ``ACCOUNT_SCHEMA``).
+    Invalid records raise :class:`InputError`, or with ``skip_invalid`` are counted in
+    ``invalid`` and left out.
+    """
+    ctx = _Ctx(skip_invalid, invalid if invalid is not None else InvalidCounts(), batch_rows)
+    event_cols = list(EVENT_SCHEMA)
+    for _, frame in _iter_frames(expand_paths(paths), ctx):
+        acc = [f for f in ACCOUNT_FIELDS if frame[f].null_count() < len(frame)]
+        yield frame.select(event_cols + acc)
+
+
+class _Progress:
+    """A rich progress bar over bytes read, on stderr (no-op when disabled)."""
+
+    def __init__(self, enabled: bool, total: int) -> None:
+        self._p = None
+        if enabled:
+            from rich.console import Console
+            from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn,
+                                       TimeRemainingColumn, TransferSpeedColumn)
+            self._p = Progress(TextColumn("reading"), BarColumn(), DownloadColumn(),
+                               TransferSpeedColumn(), TimeRemainingColumn(),
+                               console=Console(stderr=True), transient=True)
+            self._task = self._p.add_task("read", total=total)
+
+    def __enter__(self) -> _Progress:
+        if self._p is not None:
+            self._p.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._p is not None:
+            self._p.stop()
+
+    def advance(self, n: int) -> None:
+        if self._p is not None:
+            self._p.advance(self._task, n)
+
+
+@dataclass
+class Log:
+    """A read traffic log: events cached as Parquet and scanned lazily.
+
+    ``accounts`` has a row for every account in the accounts table or seen in events (table
+    values win, else the first non-null inline value in event order); ``releases`` comes from
+    the releases CSV, else each model's first appearance (min ``ts``) in the log. Use as a
+    context manager, or call :meth:`close`, to delete a temporary cache.
+    """
+
+    events: pl.LazyFrame
+    accounts: pl.DataFrame
+    releases: pl.DataFrame
+    invalid: InvalidCounts
+    n_events: int
+    files: list[str]
+    cache_path: str | None = None
+    _tmpdir: str | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if self._tmpdir is not None:
+            self._finalizer = weakref.finalize(self, shutil.rmtree, self._tmpdir, True)
+
+    def close(self) -> None:
+        """Delete the temporary event cache (if this Log created one)."""
+        if self._tmpdir is not None:
+            self._finalizer()
+
+    def __enter__(self) -> Log:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _merge_accounts(acc: pl.DataFrame, new: pl.DataFrame) -> pl.DataFrame:
+    """First non-null value per account and field, ``acc`` (earlier) before ``new``."""
+    both = pl.concat([acc, new], how="vertical")
+    return both.group_by("account_id", maintain_order=True).agg(
+        [pl.col(f).drop_nulls().first() for f in ACCOUNT_FIELDS])
+
+
+def read_log(paths, *, accounts=None, releases=None, skip_invalid: bool = False,
+             cache_dir=None, progress: bool = False, batch_rows: int = 100_000) -> Log:
+    """Read a traffic log (files/directories), an optional accounts table and releases CSV.
+
+    Events are streamed in batches into ``<cache_dir>/events.parquet`` (or a temporary
+    directory that :meth:`Log.close` removes), so memory stays bounded by the batch size and
+    the number of accounts; ``Log.events`` scans that cache in input order.
+    """
+    files = expand_paths(paths)
+    table = read_accounts(accounts) if accounts is not None else None
+    rel = read_releases(releases) if releases is not None else None
+    tmpdir = None
+    if cache_dir is None:
+        tmpdir = tempfile.mkdtemp(prefix="distillguard-")
+        cdir = Path(tmpdir)
+    else:
+        cdir = Path(cache_dir)
+        cdir.mkdir(parents=True, exist_ok=True)
+    cache = cdir / "events.parquet"
+    invalid = InvalidCounts()
+    arrow_schema = pl.DataFrame(schema=EVENT_SCHEMA).to_arrow().schema
+    acc_schema = {k: v for k, v in ACCOUNT_SCHEMA.items()}
+    inline = pl.DataFrame(schema=acc_schema)
+    pending: list[pl.DataFrame] = []
+    first_seen = pl.DataFrame(schema={"model": pl.String, "released_at": TS})
+    n_events = 0
+    total = sum(os.path.getsize(f) for f in files)
+    event_cols = list(EVENT_SCHEMA)
+    try:
+        with _Progress(progress, total) as bar, pq.ParquetWriter(
+                cache, arrow_schema, compression="zstd") as writer:
+            ctx = _Ctx(skip_invalid, invalid, batch_rows, bar.advance)
+            for _, frame in _iter_frames(files, ctx):
+                n_events += len(frame)
+                writer.write_table(frame.select(event_cols).to_arrow().cast(arrow_schema))
+                pending.append(frame.group_by("account_id", maintain_order=True).agg(
+                    [pl.col(f).drop_nulls().first() for f in ACCOUNT_FIELDS]))
+                if len(pending) >= 16:
+                    inline = _merge_accounts(inline, pl.concat(pending))
+                    pending = []
+                fs = (frame.filter(pl.col("model").is_not_null()).group_by("model")
+                      .agg(released_at=pl.col("ts").min()))
+                first_seen = (pl.concat([first_seen, fs]).group_by("model")
+                              .agg(pl.col("released_at").min()))
+    except BaseException:
+        if tmpdir is not None:
+            shutil.rmtree(tmpdir, ignore_errors=True)
+        raise
+    if pending:
+        inline = _merge_accounts(inline, pl.concat(pending))
+    if table is not None:
+        merged = table.join(inline, on="account_id", how="full", coalesce=True, suffix="_inline",
+                            maintain_order="left_right")
+        merged = merged.with_columns(
+            [pl.coalesce(f, f"{f}_inline").alias(f) for f in ACCOUNT_FIELDS])
+        # Order: accounts as seen in events first, then table-only accounts.
+        order = inline.select("account_id").with_row_index("_o")
+        merged = (merged.join(order, on="account_id", how="left")
+                  .sort("_o", nulls_last=True, maintain_order=True))
+        acc_out = conform(merged, ACCOUNT_SCHEMA)
+    else:
+        acc_out = conform(inline, ACCOUNT_SCHEMA)
+    releases_out = rel if rel is not None else conform(first_seen.sort("released_at", "model"),
+                                                       RELEASE_SCHEMA)
+    return Log(events=pl.scan_parquet(cache), accounts=acc_out, releases=releases_out,
+               invalid=invalid, n_events=n_events, files=[str(f) for f in files],
+               cache_path=str(cache), _tmpdir=tmpdir)
+
+
+# --------------------------------------------------------------------------------------------
+# Side tables: accounts, releases, labels
+# --------------------------------------------------------------------------------------------
+
+def _table_records(path: Path, what: str) -> tuple[list[dict], str]:
+    """Rows of a small side table as dicts, and the unit used to locate rows in errors."""
+    if not path.is_file():
+        raise InputError("no such file" if not path.exists() else "not a regular file",
+                         path=str(path))
+    name = path.name.lower()
+    try:
+        if name.endswith(".csv"):
+            df = pl.read_csv(path, infer_schema=False, missing_utf8_is_empty_string=False)
+            return df.to_dicts(), "row"
+        if name.endswith(".parquet"):
+            return pq.read_table(path).to_pylist(), "row"
+        if name.endswith((".jsonl", ".jsonl.gz", ".jsonl.zst")):
+            ctx = _Ctx(False, InvalidCounts(), 1)
+            recs = []
+            with _open_lines(path, ctx) as fh:
+                for lineno, line in enumerate(fh, 1):
+                    if not line.strip():
+                        recs.append(None)
+                        continue
+                    try:
+                        rec = orjson.loads(line)
+                    except orjson.JSONDecodeError as e:
+                        raise InputError(f"malformed JSON: {e}", path=str(path),
+                                         line=lineno, reason="malformed_json") from None
+                    if type(rec) is not dict:
+                        raise InputError("line is not a JSON object", path=str(path),
+                                         line=lineno, reason="malformed_json")
+                    recs.append(rec)
+            return recs, "line"
+    except InputError:
+        raise
+    except Exception as e:  # unreadable CSV / Parquet / compressed stream
+        raise InputError(f"cannot read {what}: {e}", path=str(path)) from None
+    raise InputError(f"unknown {what} format: expected .csv, .parquet or .jsonl[.gz|.zst]",
+                     path=str(path))
+
+
+def _where(unit: str, i: int) -> dict:
+    return {"line": i} if unit == "line" else {"row": i}
+
+
+def read_accounts(path) -> pl.DataFrame:
+    """Read an accounts table (CSV, Parquet or JSONL) into ``ACCOUNT_SCHEMA``.
+
+    Rows are located in errors 1-based (CSV/Parquet: data rows, header not counted; JSONL:
+    lines). A duplicated ``account_id`` keeps its first row.
+    """
+    path = Path(path)
+    recs, unit = _table_records(path, "accounts table")
+    cols: dict[str, list] = {f: [] for f in ACCOUNT_SCHEMA}
+    seen: set[str] = set()
+    for i, rec in enumerate(recs, 1):
+        if rec is None:
+            continue
+        try:
+            acc = rec.get("account_id")
+            if acc is None or acc == "":
+                raise _Bad("missing_account_id", "account_id", "missing account_id")
+            acc = _as_str(acc, "account_id")
+            created = rec.get("created_at")
+            if created == "":
+                created = None
+            row = (acc, None if created is None else _ts_us(created, "created_at"),
+                   *(_as_str(rec.get(f) or None, f) for f in _ACC_STR_FIELDS),
+                   _as_bool(rec.get("verified"), "verified"))
+        except _Bad as b:
+            raise InputError(b.msg, path=str(path), field=b.field, reason=b.reason,
+                             **_where(unit, i)) from None
+        if acc in seen:
+            continue
+        seen.add(acc)
+        for f, v in zip(ACCOUNT_SCHEMA, row):
+            cols[f].append(v)
+    df = pl.DataFrame({f: pl.Series(f, v, dtype=pl.Int64 if f == "created_at"
+                                    else ACCOUNT_SCHEMA[f]) for f, v in cols.items()})
+    df = df.with_columns(pl.col("created_at").cast(pl.Datetime("us")).dt.replace_time_zone("UTC"))
+    return conform(df, ACCOUNT_SCHEMA)
+
+
+def _require_columns(recs_cols: Iterable[str], needed: Iterable[str], path: Path) -> None:
+    have = set(recs_cols)
+    for c in needed:
+        if c not in have:
+            raise InputError(f"missing column '{c}'", path=str(path), field=c,
+                             reason=f"missing_column:{c}")
+
+
+def read_releases(path) -> pl.DataFrame:
+    """Read a model releases CSV ``model,released_at`` into ``RELEASE_SCHEMA``."""
+    path = Path(path)
+    recs, unit = _table_records(path, "releases table")
+    if unit == "row" and path.name.lower().endswith(".csv"):
+        _require_columns(pl.read_csv(path, n_rows=0, infer_schema=False).columns,
+                         RELEASE_SCHEMA, path)
+    models, times = [], []
+    for i, rec in enumerate(recs, 1):
+        if rec is None:
+            continue
+        try:
+            m = rec.get("model")
+            if m is None or m == "":
+                raise _Bad("missing_model", "model", "missing model")
+            t = rec.get("released_at")
+            if t is None or t == "":
+                raise _Bad("missing_released_at", "released_at", "missing released_at")
+            models.append(_as_str(m, "model"))
+            times.append(_ts_us(t, "released_at"))
+        except _Bad as b:
+            raise InputError(b.msg, path=str(path), field=b.field, reason=b.reason,
+                             **_where(unit, i)) from None
+    df = pl.DataFrame({"model": pl.Series(models, dtype=pl.String),
+                       "released_at": pl.Series(times, dtype=pl.Int64)})
+    df = df.with_columns(pl.col("released_at").cast(pl.Datetime("us"))
+                         .dt.replace_time_zone("UTC"))
+    return conform(df.group_by("model", maintain_order=True).agg(pl.col("released_at").min()),
+                   RELEASE_SCHEMA)
+
+
+def read_labels(path) -> pl.DataFrame:
+    """Read labels ``account_id,label,campaign[,segment]`` (label: attack/benign).
+
+    Returns ``LABEL_SCHEMA`` columns (+ ``segment`` when given); an empty campaign is null.
+    """
+    path = Path(path)
+    recs, unit = _table_records(path, "labels table")
+    if path.name.lower().endswith(".csv"):
+        _require_columns(pl.read_csv(path, n_rows=0, infer_schema=False).columns,
+                         ("account_id", "label"), path)
+    has_segment = any(rec is not None and "segment" in rec for rec in recs)
+    out: dict[str, list] = {"account_id": [], "label": [], "campaign": [], "segment": []}
+    for i, rec in enumerate(recs, 1):
+        if rec is None:
+            continue
+        try:
+            acc = rec.get("account_id")
+            if acc is None or acc == "":
+                raise _Bad("missing_account_id", "account_id", "missing account_id")
+            label = rec.get("label")
+            if label not in ("attack", "benign"):
+                raise _Bad("bad_label", "label",
+                           f"label must be 'attack' or 'benign', got {_short(label)}")
+            out["account_id"].append(_as_str(acc, "account_id"))
+            out["label"].append(label)
+            out["campaign"].append(_as_str(rec.get("campaign") or None, "campaign"))
+            out["segment"].append(_as_str(rec.get("segment") or None, "segment"))
+        except _Bad as b:
+            raise InputError(b.msg, path=str(path), field=b.field, reason=b.reason,
+                             **_where(unit, i)) from None
+    schema = {**LABEL_SCHEMA, "segment": pl.String}
+    df = pl.DataFrame({k: pl.Series(k, v, dtype=schema[k]) for k, v in out.items()})
+    return df if has_segment else df.drop("segment")

@@ -316,8 +316,8 @@ class EvalResult:
         console.print(main)
 
         for part, title, keys in (
-            ("campaigns", "Recall per campaign (verdict=attack)", ("recall",)),
-            ("segments", "Benign segments: FPR (verdict=attack) / suspicious rate",
+            ("campaigns", "Recall per campaign", ("recall",)),
+            ("segments", "Benign FPR / suspicious rate",
              ("fpr", "suspicious_rate")),
         ):
             names = sorted(set().union(*(m.get(part, {}).keys() for _, m in cols)))

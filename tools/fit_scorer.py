@@ -1,0 +1,71 @@
+"""Fit the shipped scorer model from simulator data (reproducible; no pickle).
+
+Simulates the TRAIN seeds of the training scenarios, runs the same feature path as
+``distillguard detect`` (detect.build_features), fits :class:`distillguard.score.Scorer`
+(logistic weights over the signals of signals.yaml, thresholds for ≤ 0.1 % benign FPR) and
+writes ``src/distillguard/data/models/scorer-v1.json``. Held-out seeds and scenario variants
+(bench/quality.py) are never used here.
+
+    python tools/fit_scorer.py [--out PATH] [--work DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from distillguard.detect import build_features
+from distillguard.read import read_labels, read_log
+from distillguard.score import Scorer
+from distillguard.signals import load_signals
+from distillguard.simulate import simulate
+
+ROOT = Path(__file__).resolve().parents[1]
+TRAIN = [("demo", 1.0, s) for s in (1, 2, 3)]
+
+
+def features_for(scenario: str, scale: float, seed: int, work: Path, signals):
+    d = work / f"{scenario}-{seed}"
+    if not (d / "truth.csv").exists():
+        simulate(scenario, scale=scale, seed=seed, out=d)
+    with read_log([d / "events"], accounts=d / "accounts.csv",
+                  releases=d / "releases.csv") as log:
+        f = build_features(log, signals)
+    truth = read_labels(d / "truth.csv")
+    acc = f.accounts.join(truth.select("account_id", "label"), on="account_id", how="left")
+    return acc
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", type=Path, default=ROOT / "src/distillguard/data/models/scorer-v1.json")
+    ap.add_argument("--work", type=Path, default=None)
+    ap.add_argument("--C", type=float, default=1.0)
+    args = ap.parse_args()
+    signals = load_signals()
+    work = args.work or Path(tempfile.mkdtemp(prefix="dg-fit-"))
+    frames = [features_for(sc, scale, seed, work, signals) for sc, scale, seed in TRAIN]
+    acc = pl.concat(frames, how="diagonal_relaxed")
+    y = (acc["label"] == "attack").to_numpy().astype(int)
+    scorer = Scorer(signals=signals, C=args.C).fit(acc, y)
+    s = scorer.score(acc)
+    v = scorer.decide(s)
+    tp = int(((v == "attack") & (y == 1)).sum())
+    fp = int(((v == "attack") & (y == 0)).sum())
+    print(f"train: {len(y)} accounts, {y.sum()} attack; verdict=attack precision "
+          f"{tp / max(tp + fp, 1):.4f} recall {tp / max(y.sum(), 1):.4f}; "
+          f"thresholds attack {scorer.threshold_attack_:.4f} "
+          f"suspicious {scorer.threshold_suspicious_:.4f}")
+    for i, c in sorted(zip(signals.ids, scorer.coef_), key=lambda t: -abs(t[1])):
+        print(f"  {i:28s} {c:+.3f}")
+    scorer.save(args.out, trained_on={"scenarios": [f"{a}:scale={b}:seed={c}" for a, b, c in TRAIN],
+                                      "script": "tools/fit_scorer.py"})
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

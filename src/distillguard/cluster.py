@@ -40,7 +40,7 @@ def leiden_clusters(edges: pl.DataFrame, *, min_size: int = 3, resolution: float
     random.seed(seed)
     ig.set_random_number_generator(random)
     try:
-        part = g.community_leiden(objective="modularity", weights=e["weight"].to_list(),
+        part = g.community_leiden(objective_function="modularity", weights=e["weight"].to_list(),
                                   resolution=resolution, n_iterations=-1)
     finally:
         random.setstate(state)

@@ -8,7 +8,7 @@ so a big cloud ASN, the default SDK client or a mobile CGNAT address counts litt
 
 Work stays linear: a value shared by at most ``full_pairs_max`` accounts links all their pairs;
 a larger group is linked as a ring lattice (each account to its ``ring_degree`` successors in
-a hashed order), which keeps a dense group connected without all pairs. Values shared by
+one seeded hash order of accounts shared by all values), which keeps a dense group connected without all pairs. Values shared by
 more than ``max_share`` of all accounts carry no information and are dropped.
 
 The result is an edge list ``src, dst, weight, n_kinds, kinds`` (``src < dst``) over account
@@ -105,8 +105,9 @@ def edges_from_incidences(inc: pl.DataFrame, n_accounts: int, cfg: LinkConfig) -
     g = (inc.with_columns(k=pl.len().over("kind", "value"))
          .filter((pl.col("k") >= 2) & (pl.col("k") <= max_k))
          .with_columns(
-             order=pl.concat_str([pl.col("account_id"), pl.col("value")])
-             .hash(seed=cfg.seed))
+             # one global order of accounts (not per value), so that the rings of two values
+             # with the same members coincide and their pairs keep both kinds
+             order=pl.col("account_id").hash(seed=cfg.seed))
          .with_columns(r=pl.col("order").rank("ordinal").over("kind", "value").cast(pl.Int64) - 1)
          .join(weights, on="kind", how="inner")
          .with_columns(w=pl.col("kind_weight") * (math.log(n_accounts) - pl.col("k").log())
@@ -116,7 +117,7 @@ def edges_from_incidences(inc: pl.DataFrame, n_accounts: int, cfg: LinkConfig) -
         return pl.DataFrame(schema=schema)
     span = (pl.when(pl.col("k") <= cfg.full_pairs_max).then(pl.col("k") - 1)
             .otherwise(min(cfg.ring_degree, cfg.full_pairs_max)))
-    src = (g.with_columns(d=pl.int_ranges(1, span + 1)).explode("d")
+    src = (g.with_columns(d=pl.int_ranges(1, span + 1)).explode("d", empty_as_null=True)
            .with_columns(r2=(pl.col("r") + pl.col("d")) % pl.col("k"))
            .select("kind", "value", "account_id", "r2", "w"))
     pairs = (src.join(g.select("kind", "value", pl.col("r").alias("r2"),

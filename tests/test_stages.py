@@ -1,0 +1,147 @@
+"""Link, cluster, signals and scorer stages on small frames whose answer is known."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+import numpy as np
+import polars as pl
+import pytest
+
+from distillguard.cluster import leiden_clusters
+from distillguard.errors import ConfigError
+from distillguard.link import LinkConfig, edges_from_incidences, incidences
+from distillguard.schema import ACCOUNT_SCHEMA, EVENT_SCHEMA, conform
+from distillguard.score import Scorer
+from distillguard.signals import load_signals
+
+T0 = datetime(2026, 2, 1, tzinfo=timezone.utc)
+WEIGHTS = {"ip": 1.0, "ip_prefix": 0.5, "client": 0.5, "payment": 1.5, "email_domain": 0.5}
+
+
+def _events(rows):
+    return conform(pl.DataFrame(rows), EVENT_SCHEMA)
+
+
+def _graph_fixture():
+    """5 hydra accounts share 3 proxy IPs and one card; 40 unrelated users share one CGNAT IP;
+    60 loners."""
+    ev, acc = [], []
+    for i in range(5):
+        a = f"hydra{i}"
+        for j in range(3):
+            ev.append({"ts": T0 + timedelta(minutes=i + j), "account_id": a, "prompt": "x",
+                       "ip": f"198.51.100.{j + 1}"})
+        acc.append({"account_id": a, "payment_fingerprint": "card-shared"})
+    for i in range(40):
+        a = f"mobile{i}"
+        ev.append({"ts": T0, "account_id": a, "prompt": "y", "ip": "100.64.0.1"})
+        acc.append({"account_id": a, "payment_fingerprint": f"card-m{i}"})
+    for i in range(60):
+        a = f"solo{i}"
+        ev.append({"ts": T0, "account_id": a, "prompt": "z", "ip": f"203.0.113.{i}"})
+        acc.append({"account_id": a, "payment_fingerprint": f"card-s{i}"})
+    return _events(ev), conform(pl.DataFrame(acc), ACCOUNT_SCHEMA)
+
+
+def test_link_needs_several_rare_kinds_and_ignores_shared_cgnat_ip():
+    ev, acc = _graph_fixture()
+    cfg = LinkConfig(kind_weights=WEIGHTS, max_share=0.5)
+    inc = incidences(ev.lazy(), acc, None, cfg)
+    edges = edges_from_incidences(inc, acc.height, cfg)
+    linked = set(edges["src"]) | set(edges["dst"])
+    assert linked == {f"hydra{i}" for i in range(5)}
+    assert edges.height == 10  # all pairs of 5
+    assert edges["kinds"].to_list()[0] == ["ip", "payment"]
+
+
+def test_big_groups_are_linked_by_a_ring_not_all_pairs():
+    n = 200
+    inc = pl.DataFrame({"account_id": [f"a{i:03d}" for i in range(n)] * 2,
+                        "kind": ["ip"] * n + ["payment"] * n,
+                        "value": ["1.2.3.4"] * n + ["card"] * n})
+    cfg = LinkConfig(kind_weights={"ip": 1.0, "payment": 1.0}, max_share=1.0,
+                     full_pairs_max=30, ring_degree=8)
+    edges = edges_from_incidences(inc, 10_000, cfg)
+    assert edges.height <= n * 8 * 2
+    assert edges.height >= n  # still connected-ish, far fewer than n*(n-1)/2 = 19,900
+    membership = leiden_clusters(edges, min_size=3)
+    assert membership.height == n
+
+
+def test_leiden_finds_two_groups_deterministically():
+    def clique(prefix, k):
+        return [(f"{prefix}{i}", f"{prefix}{j}") for i in range(k) for j in range(i + 1, k)]
+    pairs = clique("a", 8) + clique("b", 6) + [("a0", "b0")]
+    edges = pl.DataFrame({"src": [p[0] for p in pairs], "dst": [p[1] for p in pairs],
+                          "weight": [1.0] * (len(pairs) - 1) + [0.1]})
+    m1 = leiden_clusters(edges, min_size=3, seed=1)
+    m2 = leiden_clusters(edges, min_size=3, seed=1)
+    assert m1.equals(m2)
+    groups = m1.group_by("cluster_id").agg(pl.col("account_id").sort()).sort("cluster_id")
+    assert groups["cluster_id"].to_list() == ["C0001", "C0002"]
+    assert groups["account_id"].to_list()[0] == sorted(f"a{i}" for i in range(8))
+    assert leiden_clusters(edges.head(0)).is_empty()
+
+
+def test_default_signal_file_loads_and_errors_name_the_line(tmp_path):
+    ss = load_signals()
+    assert ss.version >= 1 and len(ss.signals) > 10
+    assert set(ss.thresholds) == {"attack", "suspicious"}
+    bad = tmp_path / "s.yaml"
+    bad.write_text("version: 1\nthresholds: {attack: 0.8, suspicious: 0.5}\nsignals:\n"
+                   "  - id: a\n    description: d\n    weight: 1\n    feature: f\n    hgih: 2\n")
+    with pytest.raises(ConfigError, match=r"s.yaml:4: signal 'a': unknown key 'hgih'"):
+        load_signals(bad)
+    bad.write_text("version: 1\nversion: 2\n")
+    with pytest.raises(ConfigError, match=r"s.yaml:2: duplicate key 'version'"):
+        load_signals(bad)
+    bad.write_text("version: 1\nthresholds: {attack: 0.8, suspicious: 0.5}\nsignals:\n"
+                   "  - {id: p, description: d, weight: 1, type: product, of: [later]}\n")
+    with pytest.raises(ConfigError, match="'of' must name earlier signals"):
+        load_signals(bad)
+
+
+def _feature_frame(n=4000, seed=0):
+    rng = np.random.default_rng(seed)
+    y = (rng.random(n) < 0.1).astype(int)
+    f = pl.DataFrame({
+        "account_id": [f"a{i}" for i in range(n)],
+        "c_size": np.where(y == 1, rng.uniform(10, 60, n), rng.choice([1.0, 3.0], n, p=[.97, .03])),
+        "c_med_valuable_share": np.where(y == 1, rng.uniform(0.6, 1, n), rng.uniform(0, 0.7, n)),
+        "cot_share": np.where(y == 1, rng.uniform(0, 0.6, n), rng.uniform(0, 0.1, n)),
+        "per_day_tier_pct": rng.random(n),
+    })
+    return f, y
+
+
+def test_scorer_fits_thresholds_for_target_fpr_and_round_trips(tmp_path):
+    f, y = _feature_frame()
+    s = Scorer(target_fpr=0.001).fit(f, y)
+    v = s.decide(s.score(f))
+    fpr = ((v == "attack") & (y == 0)).sum() / (y == 0).sum()
+    assert fpr <= 0.001
+    assert ((v == "attack") & (y == 1)).sum() / y.sum() > 0.8
+    path = tmp_path / "m.json"
+    s.save(path, trained_on={"test": True})
+    s2 = Scorer.load(path)
+    np.testing.assert_allclose(s2.score(f), s.score(f))
+    assert s2.mode == "learned" and Scorer().mode == "rules"
+    reasons = s.reasons(f)
+    top = reasons[int(np.argmax(s.score(f)))].split(";")
+    assert "coordinated_group" in top or "coordinated_harvest" in top
+
+
+def test_scorer_rejects_a_model_for_other_signals(tmp_path):
+    f, y = _feature_frame(n=500)
+    s = Scorer().fit(f, y)
+    d = s.to_dict()
+    d["signals_version"] = 999
+    path = tmp_path / "m.json"
+    import json
+    path.write_text(json.dumps(d))
+    with pytest.raises(ConfigError, match="refit"):
+        Scorer.load(path)
+    path.write_text("{not json")
+    with pytest.raises(ConfigError, match="not a model file"):
+        Scorer.load(path)

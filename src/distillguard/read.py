@@ -1082,7 +1082,7 @@ def _table_records(path: Path, what: str) -> tuple[list[dict], str]:
     name = path.name.lower()
     try:
         if name.endswith(".csv"):
-            df = pl.read_csv(path, infer_schema=False, missing_utf8_is_empty_string=False)
+            df = pl.read_csv(path, infer_schema=False)
             return df.to_dicts(), "row"
         if name.endswith(".parquet"):
             return pq.read_table(path).to_pylist(), "row"

@@ -219,7 +219,7 @@ def test_clusters_ranked_with_all_sections(inputs):
                     "Member accounts", "Individual accounts outside clusters",
                     "How to read this report"):
         assert heading in text, heading
-    assert "52%" in text and "4.0%" in text and "13×" in text   # pivot vs benign
+    assert "52%" in text and "4%" in text and "13×" in text   # pivot vs benign
     assert "203.0.113.0/24" in text and "pf_9a1b" in text
     assert "agentic_coding" in text
     # timeline: one chart per cluster, with the release marker
@@ -244,6 +244,8 @@ def test_calm_report_when_no_attack():
     assert_inert(doc)
     assert 'class="banner calm"' in doc and "No coordinated cluster" in doc
     assert "every record was valid" in doc
+    assert "No account outside a cluster was flagged" in doc
+    assert "Show the 10 highest-scored benign accounts outside clusters" in doc
 
 
 def test_rules_only_and_missing_optional_keys():
@@ -281,7 +283,7 @@ def test_large_run_is_capped(tmp_path):
     assert doc.count('<section class="cluster') == MAX_DETAILED_CLUSTERS
     assert "Further clusters (1950)" in doc and "C1999" in doc
     # the 400-member cluster lists only the top members, highest score first
-    assert f"Show {MAX_MEMBERS_SHOWN} of 400 member accounts" in doc
+    assert f"Show {MAX_MEMBERS_SHOWN - 10} more member accounts" in doc
     assert "300 more member accounts" in doc
     first = accounts.filter(pl.col("cluster_id") == "C0000").sort("score", descending=True)
     top_id = first["account_id"][0]

@@ -39,8 +39,11 @@ __all__ = [
 MAX_DETAILED_CLUSTERS = 50
 #: Member accounts listed per detailed cluster (highest scores first); the rest: accounts.csv.
 MAX_MEMBERS_SHOWN = 100
-#: Individual (unclustered) accounts listed.
+#: Individual (unclustered) flagged accounts listed, and highest-scored benign ones (folded).
 MAX_INDIVIDUALS_SHOWN = 50
+MAX_BENIGN_INDIVIDUALS_SHOWN = 10
+#: Member rows shown before the "show more" fold.
+MEMBERS_UNFOLDED = 10
 #: Values listed per infrastructure kind, templates per cluster, evidence lines per cluster.
 MAX_INFRA_VALUES = 8
 MAX_TEMPLATES = 5
@@ -153,9 +156,14 @@ def _fmt_score(x: Any) -> str:
     return "—" if f is None else f"{f:.2f}"
 
 
-def _fmt_pct(x: Any, digits: int = 0) -> str:
+def _fmt_pct(x: Any, digits: int | None = None) -> str:
+    """Percent; by default one decimal below 1 %, none above."""
     f = _finite(x)
-    return "—" if f is None else f"{100 * f:.{digits}f}%"
+    if f is None:
+        return "—"
+    if digits is None:
+        digits = 1 if 0 < abs(f) < 0.01 else 0
+    return f"{100 * f:.{digits}f}%"
 
 
 def _parse_ts(value: Any) -> datetime | None:
@@ -226,7 +234,7 @@ def _bars_path(x0: np.ndarray, w: float, y_lo: np.ndarray, y_hi: np.ndarray) -> 
     return "".join(parts)
 
 
-def svg_timeline(timeline: dict, *, width: int = 760, height: int = 150,
+def svg_timeline(timeline: dict, *, width: int = 1000, height: int = 170,
                  markers: Iterable[tuple[Any, str]] = ()) -> Markup:
     """Bar chart of exchanges per bucket (``{start, bucket_s, counts, series?}``) as inline SVG.
 
@@ -280,8 +288,10 @@ def svg_timeline(timeline: dict, *, width: int = 760, height: int = 150,
         y = mt + ph * (1 - frac)
         out.append(f'<line x1="{ml}" x2="{width - mr}" y1="{y:.1f}" y2="{y:.1f}" '
                    f'class="grid"/>')
+        tick = ymax * frac
+        label = _fmt_int(tick) if tick == int(tick) else f"{tick:,.1f}"
         out.append(f'<text x="{ml - 6}" y="{y + 4:.1f}" class="ax" text-anchor="end">'
-                   f"{_fmt_int(ymax * frac)}</text>")
+                   f"{label}</text>")
     acc = np.zeros(nb)
     for _, arr, colour in layers:
         y_hi = mt + ph * (1 - acc / ymax)
@@ -303,9 +313,10 @@ def svg_timeline(timeline: dict, *, width: int = 760, height: int = 150,
         if off < 0 or off > span_s:
             continue
         x = ml + pw * off / span_s
+        anchor = "end" if x > width - mr - 24 else "middle"
         out.append(f'<line x1="{x:.1f}" x2="{x:.1f}" y1="{mt + ph}" y2="{mt + ph + 4}" '
                    f'class="tick"/>')
-        out.append(f'<text x="{x:.1f}" y="{height - 6}" class="ax" text-anchor="middle">'
+        out.append(f'<text x="{x:.1f}" y="{height - 6}" class="ax" text-anchor="{anchor}">'
                    f"{t:%b %d}</text>")
     if n_days <= 1 or span_s < 86400:
         out.append(f'<text x="{ml}" y="{height - 6}" class="ax">{start:%Y-%m-%d %H:%M}</text>')
@@ -366,8 +377,8 @@ def svg_bars(items: list[tuple[str, float]], *, width: int = 420, max_value: flo
     return Markup("".join(out))
 
 
-def svg_score_histogram(scores: np.ndarray, thresholds: dict, *, width: int = 760,
-                        height: int = 130, bins: int = 40) -> Markup:
+def svg_score_histogram(scores: np.ndarray, thresholds: dict, *, width: int = 500,
+                        height: int = 170, bins: int = 40) -> Markup:
     """Histogram of account scores (square-root scale) coloured by verdict zone."""
     scores = np.asarray(scores, dtype=np.float64)
     scores = scores[np.isfinite(scores)].clip(0, 1)
@@ -376,7 +387,7 @@ def svg_score_histogram(scores: np.ndarray, thresholds: dict, *, width: int = 76
     hist, edges = np.histogram(scores, bins=bins, range=(0.0, 1.0))
     t_att = _finite(thresholds.get("attack")) if thresholds else None
     t_sus = _finite(thresholds.get("suspicious")) if thresholds else None
-    ml, mr, mt, mb = 46, 8, 8, 22
+    ml, mr, mt, mb = 40, 10, 20, 22
     pw, ph = width - ml - mr, height - mt - mb
     top = math.sqrt(max(1, hist.max()))
     bw = pw / bins
@@ -400,15 +411,17 @@ def svg_score_histogram(scores: np.ndarray, thresholds: dict, *, width: int = 76
     for t, name in ((t_sus, "suspicious"), (t_att, "attack")):
         if t is not None and 0 <= t <= 1:
             x = ml + pw * t
-            out.append(f'<line x1="{x:.1f}" x2="{x:.1f}" y1="{mt}" y2="{mt + ph}" '
-                       f'class="marker"/><text x="{x + 3:.1f}" y="{mt + 10}" class="mk">'
-                       f"{name} ≥ {t:.2f}</text>")
+            y_lab = mt - 6 if name == "attack" else mt + 8
+            out.append(f'<line x1="{x:.1f}" x2="{x:.1f}" y1="{mt - 4}" y2="{mt + ph}" '
+                       f'class="marker"/><text x="{x - 3:.1f}" y="{y_lab}" class="mk" '
+                       f'text-anchor="end">{name} ≥ {t:.2f}</text>')
     for v in (0, 0.25, 0.5, 0.75, 1.0):
         x = ml + pw * v
         out.append(f'<text x="{x:.1f}" y="{height - 6}" class="ax" text-anchor="middle">'
                    f"{v:.2f}</text>")
-    out.append(f'<text x="{ml - 6}" y="{mt + 8}" class="ax" text-anchor="end">'
-               f"{int(hist.max()):,}</text>")
+    out.append(f'<text x="{ml - 6}" y="{mt + 4}" class="ax" text-anchor="end">'
+               f"{int(hist.max()):,}</text>"
+               f'<text x="{ml - 6}" y="{mt + ph}" class="ax" text-anchor="end">0</text>')
     out.append(f'<line x1="{ml}" x2="{width - mr}" y1="{mt + ph}" y2="{mt + ph}" class="base"/>')
     out.append("</svg>")
     return Markup("".join(out))
@@ -512,7 +525,8 @@ def _cluster_view(rank: int, c: dict, members: tuple[int, list] | None,
     if members is None:
         return view
     view["members_total"] = members[0]
-    view["members"] = members[1]
+    view["members"] = members[1][:MEMBERS_UNFOLDED]
+    view["members_more"] = members[1][MEMBERS_UNFOLDED:]
     view["members_hidden"] = max(0, members[0] - len(members[1]))
     ev = c.get("evidence")
     if isinstance(ev, list) and ev:
@@ -553,7 +567,7 @@ def _cluster_view(rank: int, c: dict, members: tuple[int, list] | None,
             "model": visible(pivot.get("model")),
             "released_at": _fmt_ts(pivot.get("released_at")),
             "share": _fmt_pct(pivot.get("share_24h")),
-            "benign": _fmt_pct(pivot.get("benign_share_24h"), 1),
+            "benign": _fmt_pct(pivot.get("benign_share_24h")),
             "ratio": (f"{pivot['share_24h'] / pivot['benign_share_24h']:.0f}×"
                       if (_finite(pivot.get("share_24h")) is not None
                           and (_finite(pivot.get("benign_share_24h")) or 0) > 0) else ""),
@@ -663,10 +677,13 @@ def _context(accounts: pl.DataFrame, clusters: list[dict], meta: dict) -> dict:
             for i, c in enumerate(clusters[MAX_DETAILED_CLUSTERS:])]
 
     outside = acc.filter(pl.col("cluster_id").is_null() | (pl.col("cluster_id") == ""))
-    n_outside_flagged = outside.filter(pl.col("verdict").is_in(FLAGGED)).height
-    individuals = _account_rows(
-        outside.sort(["score", "account_id"], descending=[True, False], nulls_last=True)
-        .head(MAX_INDIVIDUALS_SHOWN)
+    by_score = dict(by=["score", "account_id"], descending=[True, False], nulls_last=True)
+    is_flagged = pl.col("verdict").is_in(FLAGGED)
+    outside_flagged = outside.filter(is_flagged)
+    individuals = _account_rows(outside_flagged.sort(**by_score).head(MAX_INDIVIDUALS_SHOWN))
+    individuals_benign = _account_rows(
+        outside.filter(~is_flagged | pl.col("verdict").is_null()).sort(**by_score)
+        .head(MAX_BENIGN_INDIVIDUALS_SHOWN)
     )
 
     invalid = meta.get("invalid")
@@ -713,8 +730,9 @@ def _context(accounts: pl.DataFrame, clusters: list[dict], meta: dict) -> dict:
         "clusters": views,
         "rest": rest,
         "individuals": individuals,
+        "individuals_benign": individuals_benign,
         "n_outside": outside.height,
-        "n_outside_flagged": n_outside_flagged,
+        "n_outside_flagged": outside_flagged.height,
         "glossary": _signal_glossary(clusters, acc),
         "families": [(f, t) for f, _, t in SIGNAL_FAMILIES],
         "limits": {"clusters": MAX_DETAILED_CLUSTERS, "members": MAX_MEMBERS_SHOWN,

@@ -109,7 +109,7 @@ def test_peel_densest_block_exact():
     block = [(r, c) for r in range(4) for c in range(3)]
     path = [(4, 3), (5, 3), (5, 4), (6, 4), (6, 5)]
     rows, cols = np.array(block + path).T
-    br, bc, dens, order = peel(rows, cols, 7, 6)
+    br, bc, dens, order, whole = peel(rows, cols, 7, 6)
     assert sorted(br.tolist()) == [0, 1, 2, 3] and sorted(bc.tolist()) == [0, 1, 2]
     w = 1 / np.log(4 + 5)
     assert dens == pytest.approx(12 * w / 7)
@@ -143,3 +143,15 @@ def test_empty_log():
     ev = pl.DataFrame(schema=EVENT_SCHEMA).lazy()
     for fn in BASELINES.values():
         assert fn(ev, None).height == 0
+
+
+def test_fraudar_reports_nothing_on_homogeneous_graph():
+    """Every account shares one of 3 IPs at random: no block is denser than the graph."""
+    rng = np.random.default_rng(1)
+    n = 300
+    ev = conform(pl.DataFrame({
+        "account_id": [f"u{i}" for i in range(n)],
+        "ts": [dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)] * n,
+        "ip": [f"1.1.1.{k}" for k in rng.integers(0, 3, n)],
+    }), EVENT_SCHEMA)
+    assert (run_fraudar(ev, None)["verdict"] == "attack").sum() == 0

@@ -1,0 +1,346 @@
+"""Task classifier for prompts: which capability a request is harvesting.
+
+Classes are :data:`distillguard.schema.TASKS`. Two *wrapper* classes describe what is asked
+of the model rather than the payload's domain:
+
+* ``cot_elicitation`` — the prompt asks the model to spell out its reasoning ("show your
+  reasoning step by step", "think aloud before answering") around any payload;
+* ``sensitive_rewrite`` — the prompt asks to rewrite a politically sensitive question or text
+  into a "safe"/neutral version.
+
+They take precedence in the single label (a wrapped maths problem is ``cot_elicitation``).
+Because the detector needs both the task mix and a per-prompt CoT signal,
+:func:`predict_tasks` also returns ``task_base`` (best class among the payload classes, i.e.
+excluding the two wrapper classes), ``cot_score`` and ``sensitive_score`` (the model's
+probabilities of the wrapper classes, or 0/1 keyword rules without a model).
+
+Features are stateless (hashed word 1-2-grams of the first/last characters plus hashed
+character 3-4-grams of the first characters); the model is linear. The file format is an
+``.npz`` with no pickled objects: ``coef`` (float16), ``intercept`` and a JSON ``header``.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import scipy.sparse as sp
+from sklearn.feature_extraction.text import HashingVectorizer
+
+from ..errors import InputError
+from ..schema import TASKS
+
+__all__ = [
+    "TaskClassifier", "load_default", "rule_based_task", "cot_score", "sensitive_score",
+    "predict_tasks", "compose_texts", "FORMAT_VERSION", "DEFAULT_MODEL",
+]
+
+FORMAT_VERSION = 1
+DEFAULT_MODEL = "task_classifier-v1.npz"
+WRAPPER_CLASSES = ("cot_elicitation", "sensitive_rewrite")
+
+# --------------------------------------------------------------------------- rules
+_COT = (
+    r"(?i)step[- ]by[- ]step|one step at a time|show(?:ing)? (?:all )?(?:of )?(?:your|the) (?:work|working|reasoning|steps|"
+    r"thought|thinking|derivation)|explain your (?:reasoning|thinking|thought process)|"
+    r"chain[- ]of[- ]thought|think (?:carefully|it through|through|aloud|out loud)|"
+    r"reason(?:ing)? (?:through|process|trace|steps)|walk me through your|"
+    r"before (?:giving|stating|you give) (?:the|your) (?:final )?answer|"
+    r"<think>|scratchpad|inner monologue|逐步|一步一步|推理步骤|推理过程|思考过程"
+)
+_SENSITIVE = (
+    r"(?i)(?:rewrite|rephrase|reword|paraphrase|reformulate|transform|turn|convert|sanitiz|"
+    r"neutraliz|soften|tone down).{0,80}(?:sensitive|political|politically|controversial|"
+    r"taboo|censor|safe|neutral|harmless|inoffensive|non-controversial|compliant)|"
+    r"(?:sensitive|political|controversial).{0,60}(?:into|to) (?:a )?(?:safe|neutral|harmless|"
+    r"compliant|acceptable)"
+)
+_RULES: tuple[tuple[str, str], ...] = (
+    ("grading", r"(?i)score rubric|\brubric\b|grade (?:the|this) (?:following )?(?:answer|response|essay)|"
+                r"evaluate the (?:quality of the )?(?:response|answer)|impartial judge|"
+                r"rate the (?:response|answer)|\[\[rating\]\]|on a scale (?:of|from) 1"),
+    ("agentic_coding", r"(?i)\b(?:repository|repo|pull request|traceback|stack trace|failing test|"
+                       r"git diff|patch|codebase|str_replace_editor|bash tool|edit_file|"
+                       r"run the tests?)\b"),
+    ("data_analysis", r"(?i)\b(?:csv|dataframe|pandas|dataset|spreadsheet|pivot table|"
+                      r"correlation|regression|standard deviation|median|outliers?|"
+                      r"column[s]?)\b"),
+    ("coding", r"(?i)```|\bdef \w+\(|\bfunction\b|\bclass \w+|\bpython\b|javascript|typescript|"
+               r"\bjava\b|c\+\+|\brust\b|golang|\bsql\b|\bcode\b|\bscript\b|regex|\bcompile|"
+               r"#include|\breturn\b|\bimplement"),
+    ("tool_use", r"(?i)__tools__|toolformer|\bapi\b|function call|\btools?\b"),
+    ("creative", r"(?i)\b(?:poem|story|stories|song|lyrics|haiku|limerick|sonnet|screenplay|"
+                 r"fiction|novel|fairy tale|rap|slogan|act as|role-?play|in the style of)\b"),
+    ("reasoning", r"(?i)\$|\\frac|\bsolve\b|\bprove\b|how many|how much|probability|equation|"
+                  r"integer|\bsum\b|calculate|puzzle|riddle|percent"),
+    ("other", r"(?i)^\s*(?:translate|summari[sz]e|extract|classify|paraphrase|rewrite|proofread|"
+              r"correct|convert|fix the grammar|tl;?dr)"),
+)
+
+
+def _as_series(texts) -> pl.Series:
+    if isinstance(texts, pl.Series):
+        return texts.cast(pl.String).fill_null("")
+    return pl.Series("text", list(texts), dtype=pl.String).fill_null("")
+
+
+def rule_based_task(texts) -> np.ndarray:
+    """Keyword-rule fallback label per text (first matching rule wins; default ``chat``).
+
+    Order: cot_elicitation, sensitive_rewrite, grading, agentic_coding, data_analysis,
+    coding, tool_use, creative, reasoning, other.
+    """
+    s = _as_series(texts)
+    e = pl.when(pl.col("t").str.contains(_COT)).then(pl.lit("cot_elicitation"))
+    e = e.when(pl.col("t").str.contains(_SENSITIVE)).then(pl.lit("sensitive_rewrite"))
+    for label, pat in _RULES:
+        e = e.when(pl.col("t").str.contains(pat)).then(pl.lit(label))
+    out = pl.DataFrame({"t": s}).select(e.otherwise(pl.lit("chat")).alias("y"))["y"]
+    return out.to_numpy().astype(object)
+
+
+def _rule_flag(texts, pat: str) -> np.ndarray:
+    s = _as_series(texts)
+    return s.str.contains(pat).fill_null(False).to_numpy().astype(np.float64)
+
+
+def cot_score(texts, model: "TaskClassifier | None" = None) -> np.ndarray:
+    """Per-prompt chain-of-thought-elicitation score in [0, 1] (model probability, else 0/1)."""
+    if model is None:
+        return _rule_flag(texts, _COT)
+    return model.predict_proba(texts)[:, model.class_index("cot_elicitation")]
+
+
+def sensitive_score(texts, model: "TaskClassifier | None" = None) -> np.ndarray:
+    """Per-prompt sensitive-rewrite score in [0, 1] (model probability, else 0/1 rule)."""
+    if model is None:
+        return _rule_flag(texts, _SENSITIVE)
+    return model.predict_proba(texts)[:, model.class_index("sensitive_rewrite")]
+
+
+# --------------------------------------------------------------------------- model
+def compose_texts(prompt, system=None, tool_names=None) -> pl.Series:
+    """Classifier input: ``__tools__ <names> __system__ <first 300 chars> `` + prompt.
+
+    ``prompt``/``system`` are string Series (or lists), ``tool_names`` a List(String) Series;
+    missing parts are left out. Vectorised.
+    """
+    n = len(prompt)
+    df = pl.DataFrame({
+        "p": _as_series(prompt),
+        "s": (pl.Series(list(system), dtype=pl.String) if system is not None and
+              not isinstance(system, pl.Series) else
+              (system.cast(pl.String) if system is not None else pl.Series([None] * n,
+                                                                           dtype=pl.String))),
+        "t": (tool_names.cast(pl.List(pl.String)) if isinstance(tool_names, pl.Series) else
+              pl.Series(list(tool_names) if tool_names is not None else [None] * n,
+                        dtype=pl.List(pl.String))),
+    })
+    tools = pl.when(pl.col("t").list.len() > 0).then(
+        pl.lit("__tools__ ") + pl.col("t").list.join(" ").str.replace_all(r"[_.\-]", " ")
+        + pl.lit(" ")).otherwise(pl.lit(""))
+    system_ = pl.when(pl.col("s").str.len_chars() > 0).then(
+        pl.lit("__system__ ") + pl.col("s").str.slice(0, 300) + pl.lit(" __user__ ")
+    ).otherwise(pl.lit(""))
+    return df.select((tools.fill_null("") + system_.fill_null("") + pl.col("p")).alias("text"))[
+        "text"]
+
+
+class TaskClassifier:
+    """Hashed n-gram features + linear one-vs-rest logistic model (scikit-learn style).
+
+    Parameters: ``n_features`` (hash space, split evenly between word and char n-grams),
+    ``head_chars``/``tail_chars`` (text kept for word n-grams: first + last characters),
+    ``char_chars`` (first characters used for char n-grams), ``alpha`` and ``max_iter`` of
+    the SGD fit, ``seed``. Learned: ``classes_``, ``coef_`` (float16 precision),
+    ``intercept_``, ``meta_`` (training provenance written into the model file).
+    """
+
+    def __init__(self, *, n_features: int = 2**18, head_chars: int = 500,
+                 tail_chars: int = 150, char_chars: int = 200, alpha: float = 2e-6,
+                 max_iter: int = 30, seed: int = 0) -> None:
+        self.n_features = n_features
+        self.head_chars = head_chars
+        self.tail_chars = tail_chars
+        self.char_chars = char_chars
+        self.alpha = alpha
+        self.max_iter = max_iter
+        self.seed = seed
+
+    # -- features
+    def _vectorizers(self):
+        half = self.n_features // 2
+        words = HashingVectorizer(n_features=half, analyzer="word", ngram_range=(1, 2),
+                                  token_pattern=r"(?u)\b\w+\b|[^\w\s]", lowercase=True,
+                                  alternate_sign=False, norm="l2", dtype=np.float32)
+        chars = HashingVectorizer(n_features=self.n_features - half, analyzer="char_wb",
+                                  ngram_range=(3, 4), lowercase=True, alternate_sign=False,
+                                  norm="l2", dtype=np.float32)
+        return words, chars
+
+    def transform(self, texts) -> sp.csr_matrix:
+        """Sparse feature matrix (n_texts, n_features)."""
+        s = _as_series(texts)
+        h, t = self.head_chars, self.tail_chars
+        df = pl.DataFrame({"t": s}).select(
+            pl.when(pl.col("t").str.len_chars() > h + t)
+            .then(pl.col("t").str.slice(0, h) + pl.lit(" … ") + pl.col("t").str.slice(-t))
+            .otherwise(pl.col("t")).alias("w"),
+            pl.col("t").str.slice(0, self.char_chars).alias("c"),
+        )
+        words, chars = self._vectorizers()
+        xw = words.transform(df["w"].to_list())
+        xc = chars.transform(df["c"].to_list())
+        return sp.hstack([xw, xc], format="csr")
+
+    # -- fit / predict
+    def fit(self, texts, y, sample_weight=None) -> "TaskClassifier":
+        from sklearn.linear_model import SGDClassifier
+
+        y = np.asarray(y, dtype=object)
+        unknown = sorted(set(y) - set(TASKS))
+        if unknown:
+            raise ValueError(f"labels not in schema.TASKS: {unknown}")
+        x = self.transform(texts)
+        clf = SGDClassifier(loss="log_loss", alpha=self.alpha, max_iter=self.max_iter,
+                            tol=1e-4, class_weight="balanced", random_state=self.seed,
+                            average=False)
+        clf.fit(x, y, sample_weight=sample_weight)
+        self.classes_ = np.asarray(clf.classes_, dtype=object)
+        # store at float16 precision so a saved/loaded model predicts identically
+        self.coef_ = clf.coef_.astype(np.float16).astype(np.float32)
+        self.intercept_ = clf.intercept_.astype(np.float32)
+        self.meta_ = {}
+        return self
+
+    def decision_function(self, texts) -> np.ndarray:
+        x = self.transform(texts)
+        return np.asarray(x @ self.coef_.T) + self.intercept_
+
+    def predict_proba(self, texts) -> np.ndarray:
+        """One-vs-rest sigmoid scores normalised to sum to 1 (as scikit-learn's SGD)."""
+        d = self.decision_function(texts)
+        p = 1.0 / (1.0 + np.exp(-np.clip(d, -30, 30)))
+        p /= np.maximum(p.sum(axis=1, keepdims=True), 1e-12)
+        return p
+
+    def predict(self, texts) -> np.ndarray:
+        if len(texts) == 0:
+            return np.array([], dtype=object)
+        return self.classes_[np.argmax(self.decision_function(texts), axis=1)]
+
+    def class_index(self, label: str) -> int:
+        return int(np.flatnonzero(self.classes_ == label)[0])
+
+    # -- persistence (no pickle)
+    def _params(self) -> dict:
+        return {k: getattr(self, k) for k in ("n_features", "head_chars", "tail_chars",
+                                               "char_chars", "alpha", "max_iter", "seed")}
+
+    def save(self, path) -> Path:
+        """Write the ``.npz`` model file (float16 coef, JSON header; no pickle)."""
+        path = Path(path)
+        header = {
+            "format": "distillguard-task-classifier", "version": FORMAT_VERSION,
+            "classes": [str(c) for c in self.classes_], "params": self._params(),
+            "features": {"words": "hashed word 1-2-grams of first head_chars + last "
+                                  "tail_chars, l2", "chars": "hashed char_wb 3-4-grams of "
+                                  "first char_chars, l2", "sklearn_hashing": "murmur3"},
+            "saved": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d"),
+            **getattr(self, "meta_", {}),
+        }
+        with path.open("wb") as fh:
+            np.savez_compressed(
+                fh, coef=self.coef_.astype(np.float16), intercept=self.intercept_,
+                header=np.frombuffer(json.dumps(header).encode(), dtype=np.uint8))
+        return path
+
+    @classmethod
+    def load(cls, path) -> "TaskClassifier":
+        """Read a model file written by :meth:`save`; bad files raise ``InputError``."""
+        path = Path(path)
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                header = json.loads(bytes(z["header"]).decode())
+                coef = z["coef"].astype(np.float32)
+                intercept = z["intercept"].astype(np.float32)
+        except FileNotFoundError:
+            raise InputError("model file not found", path=str(path)) from None
+        except (OSError, ValueError, KeyError) as err:
+            raise InputError(f"not a task-classifier model file ({err})",
+                             path=str(path)) from None
+        if header.get("format") != "distillguard-task-classifier":
+            raise InputError("not a task-classifier model file", path=str(path))
+        if header.get("version") != FORMAT_VERSION:
+            raise InputError(f"unsupported model version {header.get('version')!r}",
+                             path=str(path), field="version")
+        model = cls(**header["params"])
+        model.classes_ = np.asarray(header["classes"], dtype=object)
+        if coef.shape != (len(model.classes_), model.n_features):
+            raise InputError(f"coef shape {coef.shape} does not match header",
+                             path=str(path), field="coef")
+        model.coef_, model.intercept_ = coef, intercept
+        model.meta_ = {k: v for k, v in header.items()
+                       if k not in ("format", "version", "classes", "params", "features")}
+        return model
+
+
+def default_model_path() -> Path:
+    return Path(str(resources.files("distillguard").joinpath("data/models", DEFAULT_MODEL)))
+
+
+def load_default() -> TaskClassifier | None:
+    """The shipped model, or None when the file is absent (then use :func:`rule_based_task`)."""
+    p = default_model_path()
+    return TaskClassifier.load(p) if p.is_file() else None
+
+
+def predict_tasks(events: pl.DataFrame, model: TaskClassifier | None = None, *,
+                  batch_size: int = 20000) -> pl.DataFrame:
+    """Per-row ``task``, ``task_base``, ``cot_score``, ``sensitive_score`` for an events frame.
+
+    Uses ``prompt`` plus ``system`` and ``tool_names`` when those columns exist. Without a
+    model, keyword rules give the task and 0/1 scores (``task_base`` = ``task`` unless a
+    wrapper rule fired, then the first payload rule).
+    """
+    n = events.height
+    get = (lambda c: events[c] if c in events.columns else None)
+    if "prompt" not in events.columns:
+        raise KeyError("events frame has no 'prompt' column")
+    texts = compose_texts(events["prompt"], get("system"), get("tool_names"))
+    if model is None:
+        task = rule_based_task(texts)
+        cot = _rule_flag(texts, _COT)
+        sens = _rule_flag(texts, _SENSITIVE)
+        base_rules = pl.DataFrame({"t": texts}).select(
+            _payload_rule_expr().alias("y"))["y"].to_numpy().astype(object)
+        base = np.where(np.isin(task, WRAPPER_CLASSES), base_rules, task)
+    else:
+        parts = {"task": [], "base": [], "cot": [], "sens": []}
+        payload = np.array([c not in WRAPPER_CLASSES for c in model.classes_])
+        for i in range(0, n, batch_size):
+            p = model.predict_proba(texts[i:i + batch_size])
+            parts["task"].append(model.classes_[p.argmax(axis=1)])
+            pb = np.where(payload, p, -1.0)
+            parts["base"].append(model.classes_[pb.argmax(axis=1)])
+            parts["cot"].append(p[:, model.class_index("cot_elicitation")])
+            parts["sens"].append(p[:, model.class_index("sensitive_rewrite")])
+        cat = (lambda k, dt: np.concatenate(parts[k]) if n else np.array([], dtype=dt))
+        task, base = cat("task", object), cat("base", object)
+        cot, sens = cat("cot", np.float64), cat("sens", np.float64)
+    return pl.DataFrame({
+        "task": pl.Series(task, dtype=pl.String), "task_base": pl.Series(base, dtype=pl.String),
+        "cot_score": pl.Series(cot, dtype=pl.Float64),
+        "sensitive_score": pl.Series(sens, dtype=pl.Float64),
+    })
+
+
+def _payload_rule_expr() -> pl.Expr:
+    e = None
+    for label, pat in _RULES:
+        e = (pl.when if e is None else e.when)(pl.col("t").str.contains(pat)).then(pl.lit(label))
+    return e.otherwise(pl.lit("chat"))

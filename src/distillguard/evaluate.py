@@ -362,7 +362,13 @@ def evaluate(out_dir, truth, *, baselines: bool = False, log_paths=(), accounts=
         except ImportError as err:  # pragma: no cover - until the reader lands
             raise ConfigError(f"cannot read logs for baselines: {err}") from None
         log = read_log([Path(p) for p in log_paths], accounts=accounts)
-        for name, frame in run_all(log.events, log.accounts).items():
+        try:
+            frames = run_all(log.events, log.accounts)
+        finally:
+            close = getattr(log, "close", None)
+            if close is not None:
+                close()
+        for name, frame in frames.items():
             try:
                 result.baselines[name] = evaluate_frames(frame, tr)
             except InputError as err:

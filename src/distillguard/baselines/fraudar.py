@@ -11,9 +11,10 @@ the graph without the found block's edges gives ``n_blocks`` blocks (the paper's
 
 Own implementation (the ``rgmining-fraudar`` package is GPL-3.0, pure-Python per-node loops
 over LIL matrices and prints to stdout): one binary heap over rows and columns with lazy
-deletion, ``O(E log N)`` per block (about 30 s for 50k accounts / 2M events on one core). One deviation, on by default: attribute values seen on a
-single account (``min_col_degree=2``) are dropped first; they cannot link accounts, and each
-only adds weight ``1/log 6 < 1`` with one node, so peeling removes them early anyway.
+deletion, ``O(E log N)`` per block (about 30 s for 50k accounts / 2M events on one core).
+One deviation, on by default: attribute values seen on a single account
+(``min_col_degree=2``) are dropped first; they cannot link accounts, and each only adds
+weight ``1/log 6 < 1`` with one node, so peeling removes them early anyway.
 """
 
 from __future__ import annotations

@@ -119,7 +119,7 @@ def test_cluster_figures_known_ari():
     f = cluster_figures(pl.Series([None] * 6, dtype=pl.String), camp, ids)
     assert f["cluster_purity"] == 1.0 and f["cluster_ari"] == pytest.approx(0.0)
     assert f["clustered_share"] == 0.0
-    # {A,A},{A,B},{B,B} against {A,A,A},{B,B,B}: sklearn's value, by hand = 1/6 ... check
+    # {A,A},{A,B},{B,B} against {A,A,A},{B,B,B}: purity 5/6, ARI as sklearn computes it
     from sklearn.metrics import adjusted_rand_score
     f = cluster_figures(pl.Series(["p", "p", "q", "q", "r", "r"]), camp, ids)
     assert f["cluster_ari"] == pytest.approx(
@@ -258,3 +258,24 @@ def test_baselines_run_on_log(tmp_path, monkeypatch):
     assert set(res.baselines) == {"volume", "iforest", "fraudar"}
     assert res.baselines["volume"]["auprc"] == 1.0   # a, b have the highest daily volume
     assert "fraudar" in res.render()
+
+
+def test_quality_bench_markdown_keeps_splits_apart(monkeypatch):
+    """bench/quality.py renders train and held-out runs in separate sections."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "quality.py"
+    spec = importlib.util.spec_from_file_location("dg_quality_bench", path)
+    q = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, q)   # dataclasses look their module up
+    spec.loader.exec_module(q)
+    m = evaluate_frames(_pred(IDS, [0.9, 0.8, 0.95, 0.7] + [0.1] * 6,
+                              ["attack"] * 4 + ["benign"] * 6), TRUTH)
+    runs = [q.Run("train", "demo", 0, {"distillguard": m, "volume": dict(m, auprc=0.5)}),
+            q.Run("held-out", "variant-stealth", 100, error="RuntimeError: detect failed")]
+    text = q.render(runs, ["a note"], types.SimpleNamespace(scale=1.0))
+    train, held = text.split("## Held-out")
+    assert "## Train" in train and "| volume | 0.500 |" in train and "campaign_a" not in train
+    assert "| A |" in train and "FAILED: RuntimeError: detect failed" in held
+    assert "0 of 1 runs completed" in held

@@ -195,15 +195,17 @@ def evaluate_frames(pred: pl.DataFrame, truth: pl.DataFrame) -> dict:
             pl.when(pl.col("label") == "attack").then(pl.col("campaign").fill_null("attack"))
             .otherwise(pl.lit("benign")).alias("segment"))
     pred = pred.select("account_id", pl.col("score").cast(pl.Float64), "verdict",
-                       pl.col("cluster_id").cast(pl.String))
+                       pl.col("cluster_id").cast(pl.String), pl.lit(True).alias("_seen"))
     df = truth.select("account_id", "label", "campaign", "segment").join(
         pred, on="account_id", how="left")
-    missing = df.filter(pl.col("score").is_null())
+    missing = df.filter(pl.col("_seen").is_null())
     if missing.height:
         ids = ", ".join(missing["account_id"].head(5).to_list())
         raise InputError(f"{missing.height} truth account(s) missing from predictions: {ids}",
                          field="account_id")
     n_unlabeled = pred.height - pred.join(truth, on="account_id", how="semi").height
+    if df["score"].is_null().any() or df["score"].is_nan().any():
+        raise InputError("score missing or NaN in predictions", field="score")
 
     y = (df["label"] == "attack").to_numpy()
     s = df["score"].to_numpy()

@@ -216,9 +216,13 @@ def test_clusters_ranked_with_all_sections(inputs):
     assert text.index("Cluster C0000") < text.index("Cluster C0001") < text.index("Cluster C0002")
     for heading in ("Evidence", "Activity — exchanges per hour", "Capability mix",
                     "Model pivot", "Shared infrastructure", "Prompt templates",
-                    "Member accounts", "Individual accounts outside clusters",
-                    "How to read this report"):
-        assert heading in text, heading
+                    "Member accounts"):
+        assert doc.count(f"<h4>{heading}") == 3, heading
+    for heading in ("Individual accounts outside clusters", "How to read this report"):
+        assert f">{heading}</h2>" in doc, heading
+    # flagged clusters open, the benign one folded
+    assert doc.count('<details class="body" open>') == 2
+    assert doc.count('<details class="body">') == 1
     assert "52%" in text and "4%" in text and "13×" in text   # pivot vs benign
     assert "203.0.113.0/24" in text and "pf_9a1b" in text
     assert "agentic_coding" in text
@@ -260,8 +264,10 @@ def test_rules_only_and_missing_optional_keys():
     text = " ".join(" ".join(parse(doc).text).split())
     assert "fallback" in text and "rules only" in text
     assert "Cluster X1" in text and "ghost" in text       # member absent from frame still listed
-    for absent in ("Evidence", "Shared infrastructure", "Prompt templates", "Model pivot"):
-        assert absent not in text.split("How to read")[0], absent
+    for absent in ("Evidence", "Shared infrastructure", "Prompt templates (masked examples)",
+                   "Model pivot", "Capability mix (share of exchanges)"):
+        assert f"<h4>{absent}</h4>" not in doc, absent
+    assert "<h4>Member accounts" in doc and "<svg" in doc   # score histogram still drawn
     assert "not reported" in text
 
 

@@ -727,6 +727,7 @@ def _context(accounts: pl.DataFrame, clusters: list[dict], meta: dict) -> dict:
         "histogram": svg_score_histogram(acc["score"].to_numpy(), thresholds)
         if acc.height else None,
         "n_clusters": len(clusters),
+        "n_flagged_clusters": len(flagged_clusters),
         "clusters": views,
         "rest": rest,
         "individuals": individuals,

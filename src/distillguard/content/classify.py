@@ -211,9 +211,12 @@ class TaskClassifier:
                             average=False)
         clf.fit(x, y, sample_weight=sample_weight)
         self.classes_ = np.asarray(clf.classes_, dtype=object)
+        coef, icpt = clf.coef_, clf.intercept_
+        if coef.shape[0] == 1:  # binary: one row per class, [-w, w]
+            coef, icpt = np.vstack([-coef, coef]), np.concatenate([-icpt, icpt])
         # store at float16 precision so a saved/loaded model predicts identically
-        self.coef_ = clf.coef_.astype(np.float16).astype(np.float32)
-        self.intercept_ = clf.intercept_.astype(np.float32)
+        self.coef_ = coef.astype(np.float16).astype(np.float32)
+        self.intercept_ = icpt.astype(np.float32)
         self.meta_ = {}
         return self
 

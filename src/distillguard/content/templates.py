@@ -75,7 +75,7 @@ def _bands(num_perm: int, threshold: float) -> tuple[int, int]:
 def _shingle_hashes(tokens: pl.Series, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Flat uint64 hashes of the unigram+bigram shingles of each token list, and row offsets."""
     n = len(tokens)
-    ex = pl.DataFrame({"tok": tokens}).with_row_index("r").explode("tok")
+    ex = pl.DataFrame({"tok": tokens}).with_row_index("r").explode("tok", empty_as_null=True)
     ex = ex.with_columns(pl.col("tok").fill_null(""))
     nxt = pl.col("tok").shift(-1).over("r")
     sh = ex.select(
@@ -151,7 +151,7 @@ def mine_templates(
     *,
     text_col: str = "prompt",
     num_perm: int = 64,
-    threshold: float = 0.6,
+    threshold: float = 0.5,
     head: int = 8,
     tail: int = 8,
     seed: int = 0,
@@ -200,7 +200,7 @@ def mine_templates(
     tid_uniq = comp_min[comp]
     out = (
         uniq.select(pl.col("row"), pl.Series("tid", tid_uniq, dtype=pl.Int64))
-        .explode("row").sort("row")
+        .explode("row", empty_as_null=True).sort("row")
     )
     return out["tid"].alias("template_id")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from datetime import datetime, timedelta, timezone
 
 import orjson
@@ -71,6 +72,11 @@ def expected(rec: dict) -> dict:
                  if m["role"] in ("system", "developer") and m["content"] is not None]
     system = rec["system"] if rec["system"] is not None else (
         "\n".join(sys_texts) if sys_texts else None)
+    ip = rec["ip"] and ipaddress.ip_address(rec["ip"])
+    if ip and ip.version == 6 and ip.ipv4_mapped:
+        ip = ip.ipv4_mapped
+    prefix = ip and str(ipaddress.ip_network(f"{ip}/{24 if ip.version == 4 else 48}",
+                                             strict=False))
     names = sorted({t["name"] for t in rec["tools"] or [] if t["name"]})
     return {
         "ts": rec["ts"], "account_id": rec["account_id"],
@@ -83,7 +89,7 @@ def expected(rec: dict) -> dict:
         "has_tool_results": any(m["role"] == "tool" for m in msgs),
         "thinking": None if rec["thinking"] is None else int(rec["thinking"]),
         "logprobs": rec["logprobs"], "input_tokens": rec["input_tokens"],
-        "temperature": rec["temperature"], "verified": rec["verified"],
+        "temperature": rec["temperature"], "ip_prefix": prefix, "verified": rec["verified"],
     }
 
 

@@ -493,6 +493,20 @@ def _ip_prefix(ip: str) -> str | None:
     return f"{ipaddress.IPv6Address(int(a) & ~((1 << 80) - 1))}/48"
 
 
+_OCTET = r"(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+_V4_RE = rf"^{_OCTET}\.{_OCTET}\.{_OCTET}\.{_OCTET}$"
+
+
+def _ip_prefix_col(s: pl.Series) -> pl.Series:
+    """ip_prefix: canonical dotted IPv4 vectorised; anything else via ``ipaddress`` on the
+    unique remaining values."""
+    is4 = s.str.contains(_V4_RE).fill_null(False)
+    v4 = s.str.extract(r"^(\d+\.\d+\.\d+)\.", 1) + ".0/24"
+    other = pl.select(pl.when(~is4).then(s)).to_series()
+    rest = _map_unique(other, _ip_prefix, pl.String)
+    return pl.select(pl.when(is4).then(v4).otherwise(rest)).to_series().alias("ip_prefix")
+
+
 def _finish(df: pl.DataFrame) -> pl.DataFrame:
     """Add hashes and ip_prefix, and order/cast columns: EVENT_SCHEMA, account fields, flags."""
     tool_key = (pl.when(pl.col("tool_names").list.len() > 0)
@@ -502,7 +516,7 @@ def _finish(df: pl.DataFrame) -> pl.DataFrame:
     df = df.with_columns(
         system_hash=_map_unique(df["system"], stable_hash64, pl.UInt64),
         tools_hash=_map_unique(keys, stable_hash64, pl.UInt64),
-        ip_prefix=_map_unique(df["ip"], _ip_prefix, pl.String),
+        ip_prefix=_ip_prefix_col(df["ip"]),
     )
     return conform(df, {**EVENT_SCHEMA, **ACCOUNT_SCHEMA, **{c: pl.Boolean for c in _FLAG_COLS}})
 
@@ -728,8 +742,15 @@ def _vec_frame(df: pl.DataFrame) -> tuple[pl.DataFrame, pl.Series]:
         if isinstance(tf.get("function"), pl.Struct) and "name" in {
                 x.name for x in tf["function"].fields}:
             name = pl.coalesce(name, pl.element().struct.field("function").struct.field("name"))
-        tool_names = pl.select(pl.lit(tools).list.eval(name.filter(name.is_not_null() & (name != "")))
-                               .list.unique().list.sort()).to_series()
+        # Tool sets repeat a lot: sort/dedupe each distinct raw name sequence once.
+        keys = pl.select(pl.lit(tools).list.eval(name.filter(name.is_not_null() & (name != "")))
+                         .list.join("\x1f").alias("k"))["k"]
+        u = keys.drop_nulls().unique()
+        names = pl.Series([sorted(set(k.split("\x1f")) - {""}) for k in u.to_list()],
+                          dtype=pl.List(pl.String))
+        tool_names = (pl.DataFrame({"k": keys})
+                      .join(pl.DataFrame({"k": u, "v": names}), on="k", how="left",
+                            maintain_order="left")["v"])
     else:
         tool_names = pl.Series([None] * n, dtype=pl.List(pl.String))
 

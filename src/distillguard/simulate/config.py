@@ -283,11 +283,21 @@ def _build(cls, data, where: str):
     return cls(**kwargs)
 
 
-def _merge(base: Any, over: Any) -> Any:
+#: Weight tables: a child replaces them whole instead of merging key by key.
+_REPLACE = {"tiers", "email_domains", "tasks", "system_prompts", "temperature", "max_tokens",
+            "thinking_budgets", "logprobs_k", "models", "kinds", "files", "old_models"}
+_REPLACE_IN_SEGMENT = {"countries", "clients"}
+
+
+def _merge(base: Any, over: Any, path: tuple = ()) -> Any:
     if isinstance(base, dict) and isinstance(over, dict):
         out = dict(base)
+        in_seg = bool({"segments", "segment_defaults"} & set(path))
         for k, v in over.items():
-            out[k] = _merge(base[k], v) if k in base else v
+            if k in base and not (k in _REPLACE or (in_seg and k in _REPLACE_IN_SEGMENT)):
+                out[k] = _merge(base[k], v, path + (k,))
+            else:
+                out[k] = v
         return out
     return over
 
@@ -342,7 +352,7 @@ def load_scenario(name: str, *, scale: float = 1.0, seed: int = 0) -> Scenario:
     for seg_name, seg in segs_raw.items():
         if seg is None:  # a child may drop a segment by setting it to null
             continue
-        merged = _merge(seg_defaults, dict(seg, name=seg_name))
+        merged = _merge(seg_defaults, dict(seg, name=seg_name), ("segments",))
         segments.append(_build(Segment, merged, f"{path}: segments.{seg_name}"))
     raw["segments"] = segments
     raw.setdefault("name", name)

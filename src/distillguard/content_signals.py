@@ -22,13 +22,13 @@ import math
 import numpy as np
 import polars as pl
 
-from .content import (account_template_stats, cot_score, load_default, mine_templates,
-                      predict_tasks, sensitive_score)
+from .content import account_template_stats, load_default, mine_templates, predict_tasks
 from .schema import TASKS
 
 VALUABLE_TASKS = ("coding", "agentic_coding", "tool_use", "reasoning", "data_analysis",
                   "grading", "sensitive_rewrite", "cot_elicitation")
-SAMPLE_COLUMNS = ("account_id", "ts", "prompt", "model", "system_hash", "tools_hash")
+SAMPLE_COLUMNS = ("account_id", "ts", "prompt", "system", "tool_names", "model", "system_hash",
+                  "tools_hash")
 
 
 def sample_prompts(events: pl.LazyFrame, *, max_prompts: int = 200, seed: int = 0
@@ -47,15 +47,13 @@ def content_features(sample: pl.DataFrame, *, seed: int = 0, classifier=None
     """Per-account content features, and the sample with ``task`` / ``template_id`` added."""
     if classifier is None:
         classifier = load_default()
-    texts = sample["prompt"].fill_null("")
-    tasks = predict_tasks(texts, classifier)
-    cot = cot_score(texts)
-    sens = sensitive_score(texts)
-    sample = sample.with_columns(
-        task=pl.Series(tasks, dtype=pl.String),
-        cot=pl.Series(np.asarray(cot, dtype=np.float64)),
-        sensitive=pl.Series(np.asarray(sens, dtype=np.float64)),
-    )
+    # classify each distinct (prompt, system, tools) once: replays and templates repeat
+    key = ["prompt", "system", "tool_names"]
+    uniq = sample.select(key).unique(maintain_order=True)
+    pred = predict_tasks(uniq.with_columns(pl.col("prompt").fill_null("")), classifier)
+    uniq = uniq.with_columns(task=pred["task"], cot=pred["cot_score"].cast(pl.Float64),
+                             sensitive=pred["sensitive_score"].cast(pl.Float64))
+    sample = sample.join(uniq, on=key, how="left", nulls_equal=True)
     sample = sample.with_columns(template_id=mine_templates(sample, text_col="prompt", seed=seed))
     shares = (sample.group_by("account_id").agg(
         [(pl.col("task") == t).mean().alias(f"share_{t}") for t in TASKS]

@@ -314,6 +314,28 @@ def test_timeline_svg_rebins_and_stacks():
     assert "No timeline" in str(svg_timeline({"start": "bad", "counts": [1]}))
 
 
+def test_glossary_uses_signal_descriptions(inputs):
+    accounts, clusters, meta = inputs
+    mine = {"template_reuse": "Templates <b>everywhere</b>"}
+    doc = render_report_html(accounts=accounts, clusters=clusters,
+                             meta=meta | {"signal_descriptions": mine})
+    glossary = doc.split('id="help"')[1]
+    assert "Templates &lt;b&gt;everywhere&lt;/b&gt;" in glossary
+    row = re.search(r"<tr><td class=\"mono\">sync_timing</td>.*?</tr>", glossary).group()
+    assert "Synchronised timing" in row                          # family fallback
+    # default: descriptions of the shipped signals.yaml
+    from markupsafe import escape
+
+    from distillguard.signals import load_signals
+
+    shipped = {sig.id: sig.description for sig in load_signals().signals}
+    doc = render_report_html(accounts=accounts, clusters=clusters, meta=meta)
+    glossary = doc.split('id="help"')[1]
+    for name in ("template_reuse", "shared_templates", "model_pivot"):
+        if shipped.get(name):
+            assert str(escape(shipped[name])) in glossary, name
+
+
 def test_visible_and_signal_explanations():
     assert visible("a\u202eb\u200bc\x00") == "a⟨U+202E⟩b⟨U+200B⟩c⟨U+0000⟩"
     assert visible("line1\nline2\ttab é 中") == "line1\nline2\ttab é 中"

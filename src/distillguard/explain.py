@@ -85,25 +85,37 @@ SIGNAL_FAMILIES: tuple[tuple[str, tuple[str, ...], str], ...] = (
      "reasoning) instead of the broad mix of real workloads."),
     ("Filler traffic", ("filler", "camouflage", "mundane"),
      "A slice of deliberately mundane prompts mixed in to make accounts look ordinary."),
+    ("Coordination", ("coordinated", "linked", "multi_signal", "group", "harvest"),
+     "Accounts linked into one group by several shared rare attributes (infrastructure, "
+     "payment, templates, timing). Campaigns spread traffic over many accounts so that no "
+     "single one looks abnormal."),
     ("Synchronised timing", ("sync", "timing", "burst", "cadence", "periodic", "jitter",
-                             "diurnal", "co_active", "coactiv", "load_balanc"),
-     "Accounts switch on and off together or share a machine-like cadence: one scheduler "
-     "spreading requests over many accounts ('load balancing')."),
+                             "diurnal", "co_active", "coactiv", "load_balanc",
+                             "round_the_clock", "pacing"),
+     "Accounts switch on and off together, or run round the clock at a machine-like pace: "
+     "one scheduler spreading requests over many accounts ('load balancing')."),
     ("Shared payment", ("payment", "card", "billing"),
      "Several accounts pay with the same payment instrument: one operator behind them."),
     ("Shared network", ("ip", "asn", "prefix", "proxy", "network", "subnet"),
-     "Accounts come from the same IP addresses, prefixes or autonomous systems. Alone this is "
-     "weak (corporate NAT, campus networks); together with other signals it links a farm."),
+     "Accounts come from the same IP addresses, prefixes or autonomous systems, or rotate "
+     "through many proxy IPs. Shared IPs alone are weak (corporate NAT, campus networks); "
+     "together with other signals they link a farm."),
+    ("Geography", ("country", "geo", "region"),
+     "Requests come from countries other than the account's billing country."),
     ("Shared client", ("client", "user_agent", "ua", "tls", "ja4", "fingerprint", "sdk"),
      "Identical user-agent and TLS fingerprints across accounts: the same harvesting tool."),
+    ("Request pattern", ("single_turn", "max_tokens", "logprob", "temperature", "turn"),
+     "Requests shaped for data collection: single-turn, output cap at its maximum, "
+     "log-probabilities requested."),
+    ("Volume", ("volume", "exchanges", "rate", "tokens", "throughput", "key_rotation",
+                "api_key"),
+     "Very high volume for the account's tier, or many API keys for the traffic: summed over "
+     "a cluster, each account may stay under per-account limits on its own."),
     ("Sign-up pattern", ("email", "domain", "signup", "sign_up", "tier", "education",
                          "research", "startup", "verif", "age", "new_account", "created",
                          "short_lived", "rotation", "churn"),
      "Cheap, lightly verified sign-up paths (education, research, startup programmes), "
-     "throw-away e-mail domains, very young or rapidly rotated accounts."),
-    ("Volume", ("volume", "exchanges", "rate", "tokens", "throughput", "keys", "api_key"),
-     "Very high total volume, many API keys, or long outputs requested, summed over the "
-     "cluster: each account may stay under per-account limits on its own."),
+     "unverified or throw-away e-mail domains, very young or short-lived accounts."),
     ("Learned model", ("model_score", "learned", "classifier", "ml"),
      "The learned model's combined judgement over all features."),
 )
@@ -603,7 +615,21 @@ def _cluster_view(rank: int, c: dict, members: tuple[int, list] | None,
     return view
 
 
-def _signal_glossary(clusters: list[dict], acc: pl.DataFrame) -> list[dict]:
+def _signal_descriptions(meta: dict) -> dict[str, str]:
+    """``{signal id: description}`` from ``meta['signal_descriptions']``, else signals.yaml."""
+    given = meta.get("signal_descriptions")
+    if isinstance(given, dict):
+        return {str(k): str(v) for k, v in given.items()}
+    try:
+        from .signals import load_signals
+
+        return {s.id: s.description for s in load_signals().signals}
+    except Exception:  # the glossary then falls back on signal families  # noqa: BLE001
+        return {}
+
+
+def _signal_glossary(clusters: list[dict], acc: pl.DataFrame,
+                     descriptions: dict[str, str]) -> list[dict]:
     counts: Counter = Counter()
     for c in clusters:
         for e in c.get("evidence") or []:
@@ -624,7 +650,9 @@ def _signal_glossary(clusters: list[dict], acc: pl.DataFrame) -> list[dict]:
     out = []
     for name, n in counts.most_common(40):
         family, text = explain_signal(name)
-        out.append({"name": visible(name), "family": family, "text": text, "n": _fmt_int(n)})
+        text = descriptions.get(name) or text
+        out.append({"name": visible(name), "family": family, "text": visible(text.strip()),
+                    "n": _fmt_int(n)})
     return out
 
 
@@ -734,7 +762,7 @@ def _context(accounts: pl.DataFrame, clusters: list[dict], meta: dict) -> dict:
         "individuals_benign": individuals_benign,
         "n_outside": outside.height,
         "n_outside_flagged": outside_flagged.height,
-        "glossary": _signal_glossary(clusters, acc),
+        "glossary": _signal_glossary(clusters, acc, _signal_descriptions(meta)),
         "families": [(f, t) for f, _, t in SIGNAL_FAMILIES],
         "limits": {"clusters": MAX_DETAILED_CLUSTERS, "members": MAX_MEMBERS_SHOWN,
                    "individuals": MAX_INDIVIDUALS_SHOWN},
@@ -767,7 +795,9 @@ def render_report(path: Path, *, accounts: pl.DataFrame, clusters: list[dict],
     ``accounts``: one row per account (``account_id, score, verdict, cluster_id, reasons,
     exchanges, tier``; other columns ignored). ``clusters``: as in ``clusters.json``, optional
     keys may be missing. ``meta``: ``version, generated_at, inputs, n_events, n_accounts,
-    invalid, model, thresholds, runtime_s`` (and optionally ``benign_capabilities``).
+    invalid, model, thresholds, runtime_s`` and optionally ``benign_capabilities`` ({task:
+    share} of benign traffic, drawn as a tick on each capability chart) and
+    ``signal_descriptions`` ({signal id: text}; default: the shipped signals.yaml).
     The file is written atomically.
     """
     html = render_report_html(accounts=accounts, clusters=clusters, meta=meta)

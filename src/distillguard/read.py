@@ -362,9 +362,10 @@ def _system(v: object) -> str | None:
     raise _bad_type("system", v, "a string or a list of text parts")
 
 
-def _tools(v: object) -> list[str]:
+def _tools(v: object) -> str:
+    """Sorted unique tool names joined by ``"\\x1f"`` ("" when none)."""
     if v is None:
-        return []
+        return ""
     if type(v) is not list:
         raise _bad_type("tools", v, "a list of tool definitions")
     names = set()
@@ -380,7 +381,7 @@ def _tools(v: object) -> list[str]:
             n = t.get("type")
         if type(n) is str and n:
             names.add(n)
-    return sorted(names)
+    return "\x1f".join(sorted(names))
 
 
 # Column order of the per-record tuples built by _norm (ts and created_at as epoch µs).
@@ -391,6 +392,7 @@ _PY_COLS = (
     "country", "user_agent", "tls_fingerprint", *_FLAG_COLS, *ACCOUNT_FIELDS,
 )
 _PY_DTYPES = {**EVENT_SCHEMA, **ACCOUNT_SCHEMA, "ts": pl.Int64, "created_at": pl.Int64,
+              "tool_names": pl.String,
               **{c: pl.Boolean for c in _FLAG_COLS}}
 
 
@@ -459,6 +461,9 @@ def _py_frame(rows: list[tuple]) -> pl.DataFrame:
     df = pl.DataFrame([pl.Series(name, list(vals), dtype=_PY_DTYPES[name], strict=False)
                        for name, vals in zip(_PY_COLS, cols)])
     df = df.with_columns(pl.col("ts").cast(pl.Datetime("us")).dt.replace_time_zone("UTC"),
+                         pl.when(pl.col("tool_names") != "")
+                         .then(pl.col("tool_names").str.split("\x1f"))
+                         .otherwise(pl.lit([], dtype=pl.List(pl.String))).alias("tool_names"),
                          pl.col("created_at").cast(pl.Datetime("us")).dt.replace_time_zone("UTC"))
     return _finish(df)
 

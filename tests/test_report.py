@@ -331,7 +331,7 @@ def test_glossary_uses_signal_descriptions(inputs):
     shipped = {sig.id: sig.description for sig in load_signals().signals}
     doc = render_report_html(accounts=accounts, clusters=clusters, meta=meta)
     glossary = doc.split('id="help"')[1]
-    for name in ("template_reuse", "shared_templates", "model_pivot"):
+    for name in ("template_reuse", "shared_payment", "model_pivot"):   # those in the fixture
         if shipped.get(name):
             assert str(escape(shipped[name])) in glossary, name
 

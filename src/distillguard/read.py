@@ -782,9 +782,8 @@ def _vec_frame(df: pl.DataFrame) -> tuple[pl.DataFrame, pl.Series]:
     created, created_bad = _vec_ts(col("created_at"), "created_at")
     out["created_at"] = created
     reasons.append(pl.select(pl.when(created_bad).then(pl.lit("bad_type:created_at"))).to_series())
-    neg = pl.select(pl.when((out["thinking"] < 0) | (out["logprobs"] < 0))
-                    .then(pl.lit("bad_type:thinking"))).to_series()
-    reasons.append(neg)
+    for f in ("thinking", "logprobs"):
+        reasons.append(pl.select(pl.when(out[f] < 0).then(pl.lit(f"bad_type:{f}"))).to_series())
     frame = frame.with_columns(**out)
     reason = pl.select(pl.coalesce(reasons)).to_series() if n else pl.Series([], dtype=pl.String)
     return _finish(frame), reason

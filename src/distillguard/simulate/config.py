@@ -312,7 +312,10 @@ def scenario_names() -> list[str]:
 
 
 def _read_yaml(name: str) -> tuple[dict, str]:
-    path = scenario_dir().joinpath(f"{name}.yaml")
+    if name.endswith(".yaml") and Path(name).is_file():  # a scenario file outside the package
+        path = Path(name)
+    else:
+        path = scenario_dir().joinpath(f"{name}.yaml")
     if not path.is_file():
         raise ConfigError(f"unknown scenario '{name}' (known: {', '.join(scenario_names())})")
     text = path.read_text()
@@ -337,11 +340,11 @@ def _resolve_raw(name: str, depth: int = 0) -> tuple[dict, str]:
 
 
 def load_scenario(name: str, *, scale: float = 1.0, seed: int = 0) -> Scenario:
-    """Load, validate and scale a scenario (see module docstring)."""
+    """Load, validate and scale a scenario: a shipped name or a path to a ``.yaml`` file."""
     if isinstance(scale, bool) or not isinstance(scale, int | float) or not math.isfinite(scale) \
             or scale <= 0 or scale > 1000:
         raise ConfigError(f"--scale must be a number in (0, 1000], got {scale!r}")
-    if name.startswith("_") or "/" in name or "\\" in name:
+    if not name.endswith(".yaml") and (name.startswith("_") or "/" in name or "\\" in name):
         raise ConfigError(f"unknown scenario '{name}' (known: {', '.join(scenario_names())})")
     raw, path = _resolve_raw(name)
     seg_defaults = raw.pop("segment_defaults", {}) or {}

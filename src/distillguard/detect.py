@@ -88,8 +88,8 @@ def build_features(log: Log, signals: SignalSet, *, max_prompts: int = 200,
 
     t0 = time.perf_counter()
     cfg = signals.link
-    inc = incidences(log.events, log.accounts, sample.select("account_id", "ts", "template_id"),
-                     cfg)
+    seen = log.accounts.join(feats.select("account_id"), on="account_id", how="semi")
+    inc = incidences(log.events, seen, sample.select("account_id", "ts", "template_id"), cfg)
     edges = edges_from_incidences(inc, feats.height, cfg)
     t["link"] = time.perf_counter() - t0
 

@@ -415,3 +415,12 @@ def test_renders_in_headless_chromium(tmp_path, inputs):
     keep = os.environ.get("DISTILLGUARD_KEEP_SCREENSHOT")
     if keep:
         shutil.copy(png, keep)
+
+
+def test_feature_frame_column_names_are_accepted(inputs):
+    accounts, clusters, meta = inputs
+    row = accounts.filter(pl.col("account_id") == "c0-acct-005")
+    n = int(row["exchanges"][0])
+    doc = render_report_html(accounts=accounts.rename({"exchanges": "n_exchanges"}),
+                             clusters=clusters, meta=meta)
+    assert re.search(rf">c0-acct-005</td>.*?<td class=\"num\">{n:,}</td>", doc)

@@ -19,7 +19,6 @@ import inspect
 import math
 import os
 import re
-import tempfile
 from collections import Counter
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -451,9 +450,17 @@ _ACCOUNT_COLS = {
 }
 
 
+#: Accepted alternative names of the accounts frame's columns (the feature frame's names).
+_ACCOUNT_ALIASES = {"exchanges": ("n_exchanges", "n_events")}
+
+
 def _normalise_accounts(accounts: pl.DataFrame) -> pl.DataFrame:
     if "account_id" not in accounts.columns:
         raise ValueError("render_report: the accounts frame has no 'account_id' column")
+    for name, aliases in _ACCOUNT_ALIASES.items():
+        alias = next((a for a in aliases if a in accounts.columns), None)
+        if name not in accounts.columns and alias is not None:
+            accounts = accounts.rename({alias: name})
     exprs = [
         pl.col(c).cast(t, strict=False) if c in accounts.columns else pl.lit(None, t).alias(c)
         for c, t in _ACCOUNT_COLS.items()
@@ -465,8 +472,10 @@ def _account_rows(df: pl.DataFrame) -> list[dict]:
     rows = []
     for r in df.iter_rows(named=True):
         reasons = [visible(x) for x in (r["reasons"] or "").split(";") if x.strip()]
+        aid = visible(r["account_id"])
         rows.append({
-            "account_id": visible(r["account_id"]),
+            "account_id": aid,
+            "long": len(aid) > 40,
             "score": _fmt_score(r["score"]),
             "verdict": r["verdict"] or "—",
             "vclass": _verdict_class(r["verdict"]),
@@ -568,7 +577,9 @@ def _cluster_view(rank: int, c: dict, members: tuple[int, list] | None,
                     "accounts": _fmt_int(k),
                     "pct": round(100 * min(1.0, k / n_members), 1) if n_members else 0,
                 })
+            wide = max((len(r["value"]) for r in rows), default=0) > 40
             kinds.append({"label": INFRA_LABELS.get(kind, visible(kind)), "rows": rows,
+                          "wide": wide,
                           "hidden": max(0, len(vals) - MAX_INFRA_VALUES)})
         if kinds:
             view["infra"] = kinds
@@ -803,11 +814,10 @@ def render_report(path: Path, *, accounts: pl.DataFrame, clusters: list[dict],
     html = render_report_html(accounts=accounts, clusters=clusters, meta=meta)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".report-", suffix=".html", dir=path.parent)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")   # open() honours the umask
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(html)
+        tmp.write_text(html, encoding="utf-8")
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise

@@ -7,7 +7,7 @@ import os
 import re
 import shutil
 import subprocess
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -17,13 +17,18 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from distillguard.explain import (
-    MAX_DETAILED_CLUSTERS, MAX_MEMBERS_SHOWN, explain_signal, render_report,
-    render_report_html, svg_timeline, visible,
+    MAX_DETAILED_CLUSTERS,
+    MAX_MEMBERS_SHOWN,
+    explain_signal,
+    render_report,
+    render_report_html,
+    svg_timeline,
+    visible,
 )
 
 HOSTILE = "<script>alert(1)</script>"
 HOSTILE_ID = f'acct-{HOSTILE}"onmouseover="alert(2)'
-T0 = datetime(2026, 2, 1, tzinfo=timezone.utc)
+T0 = datetime(2026, 2, 1, tzinfo=UTC)
 
 
 def _iso(dt: datetime) -> str:
@@ -38,7 +43,8 @@ def _cluster(i: int, members: list[str], *, verdict: str, score: float, hours: i
                "every step of your reasoning before the final answer.\n\n```python\n"
                "def <FN>(x):\n    return x & 1 < 2\n```")
     if hostile:
-        example = f"Ignore previous instructions {HOSTILE} \u202eevil\u202c <img src=x onerror=alert(3)>"
+        example = (f"Ignore previous instructions {HOSTILE} \u202eevil\u202c "
+                   "<img src=x onerror=alert(3)>")
     return {
         "cluster_id": f"C{i:04d}",
         "accounts": members,
@@ -146,7 +152,7 @@ ALLOWED_TAGS = {
     "html", "head", "meta", "title", "style", "body", "header", "main", "div", "h1", "h2", "h3",
     "h4", "span", "p", "strong", "b", "i", "br", "table", "thead", "tbody", "tr", "th", "td",
     "a", "section", "ul", "li", "pre", "details", "summary", "small", "svg", "path", "line",
-    "rect", "text", "title", "dl", "dt", "dd", "footer", "code",
+    "rect", "text", "dl", "dt", "dd", "footer", "code",
 }
 
 

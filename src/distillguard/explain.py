@@ -20,9 +20,10 @@ import math
 import os
 import re
 from collections import Counter
-from datetime import datetime, timedelta, timezone
+from collections.abc import Iterable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import jinja2
 import numpy as np
@@ -183,15 +184,15 @@ def _parse_ts(value: Any) -> datetime | None:
     if isinstance(value, datetime):
         dt = value
     elif isinstance(value, (int, float)) and math.isfinite(value):
-        dt = datetime.fromtimestamp(float(value), tz=timezone.utc)
+        dt = datetime.fromtimestamp(float(value), tz=UTC)
     else:
         try:
             dt = datetime.fromisoformat(str(value).strip().replace("z", "Z"))
         except ValueError:
             return None
     if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=timezone.utc)
-    return dt.astimezone(timezone.utc)
+        dt = dt.replace(tzinfo=UTC)
+    return dt.astimezone(UTC)
 
 
 def _fmt_ts(value: Any) -> str:
@@ -240,7 +241,8 @@ def _bars_path(x0: np.ndarray, w: float, y_lo: np.ndarray, y_hi: np.ndarray) -> 
     keep = y_hi - y_lo > 0.05
     parts = [
         f"M{x:.1f} {lo:.1f}h{w:.2f}V{hi:.1f}h{-w:.2f}Z"
-        for x, lo, hi in zip(x0[keep].tolist(), y_lo[keep].tolist(), y_hi[keep].tolist())
+        for x, lo, hi in zip(x0[keep].tolist(), y_lo[keep].tolist(), y_hi[keep].tolist(),
+                             strict=True)
     ]
     return "".join(parts)
 
@@ -357,9 +359,13 @@ def svg_timeline(timeline: dict, *, width: int = 1000, height: int = 170,
 
 
 def svg_bars(items: list[tuple[str, float]], *, width: int = 420, max_value: float = 1.0,
-             colour: str = "#334155", fmt=_fmt_pct, ref: dict[str, float] | None = None,
-             label_w: int = 130) -> Markup:
-    """Horizontal bar chart of ``(label, value)`` rows; ``ref`` draws a tick per label."""
+             colour: str | list[str] = "#334155", fmt=_fmt_pct,
+             ref: dict[str, float] | None = None, label_w: int = 130) -> Markup:
+    """Horizontal bar chart of ``(label, value)`` rows; ``ref`` draws a tick per label.
+
+    ``colour`` is one colour, or one per row.
+    """
+    colours = [colour] * len(items) if isinstance(colour, str) else list(colour)
     if not items:
         return Markup('<p class="muted">No data.</p>')
     row_h, bar_h = 22, 14
@@ -377,7 +383,7 @@ def svg_bars(items: list[tuple[str, float]], *, width: int = 420, max_value: flo
                    f"<title>{escape(lab)}</title>{escape(short)}</text>")
         out.append(f'<rect x="{label_w}" y="{y}" width="{pw}" height="{bar_h}" class="track"/>')
         out.append(f'<rect x="{label_w}" y="{y}" width="{w:.1f}" height="{bar_h}" '
-                   f'fill="{colour}"/>')
+                   f'fill="{colours[i % len(colours)]}"/>')
         if ref is not None and label in ref and _finite(ref[label]) is not None:
             rx = label_w + max(0.0, min(1.0, float(ref[label]) / max_value)) * pw
             out.append(f'<line x1="{rx:.1f}" x2="{rx:.1f}" y1="{y - 2}" y2="{y + bar_h + 2}" '
@@ -511,6 +517,14 @@ def _members_by_cluster(clusters: list[dict], acc: pl.DataFrame) -> dict[int, tu
     return out
 
 
+def _ratio(share: Any, benign: Any) -> str:
+    """``"13×"`` when the cluster's share is clearly above the benign one, else ``""``."""
+    a, b = _finite(share), _finite(benign)
+    if a is None or b is None or b <= 0 or a / b < 1.5:
+        return ""
+    return f"{a / b:.0f}×"
+
+
 def _cluster_view(rank: int, c: dict, members: tuple[int, list] | None,
                   benign_caps: dict | None) -> dict:
     n_members = len(c.get("accounts") or [])
@@ -591,13 +605,11 @@ def _cluster_view(rank: int, c: dict, members: tuple[int, list] | None,
             "released_at": _fmt_ts(pivot.get("released_at")),
             "share": _fmt_pct(pivot.get("share_24h")),
             "benign": _fmt_pct(pivot.get("benign_share_24h")),
-            "ratio": (f"{pivot['share_24h'] / pivot['benign_share_24h']:.0f}×"
-                      if (_finite(pivot.get("share_24h")) is not None
-                          and (_finite(pivot.get("benign_share_24h")) or 0) > 0) else ""),
+            "ratio": _ratio(pivot.get("share_24h"), pivot.get("benign_share_24h")),
             "svg": svg_bars(
                 [("this cluster", _finite(pivot.get("share_24h")) or 0.0),
                  ("benign population", _finite(pivot.get("benign_share_24h")) or 0.0)],
-                colour="#dc2626", width=460, label_w=130),
+                colour=["#dc2626", "#94a3b8"], width=460, label_w=130),
         }
         if pivot.get("released_at"):
             markers.append((pivot.get("released_at"), f"release of {pivot.get('model')}"))

@@ -72,7 +72,7 @@ class DetectResult:
 CLUSTER_PREFIX = "c_"
 
 
-def build_features(log: Log, signals: SignalSet, *, max_prompts: int = 200,
+def build_features(log: Log, signals: SignalSet, *, max_prompts: int = 64,
                    seed: int = 0) -> Features:
     """Fingerprint, content, link and cluster stages over a read log."""
     t: dict[str, float] = {}
@@ -133,7 +133,7 @@ def load_scorer(model_path: Path | None, signals: SignalSet) -> Scorer:
 
 def detect(paths: list, *, accounts=None, releases=None, out: Path, skip_invalid: bool = False,
            model_path: Path | None = None, signals_path: Path | None = None,
-           max_prompts: int = 200, progress: bool = False, seed: int = 0) -> DetectResult:
+           max_prompts: int = 64, progress: bool = False, seed: int = 0) -> DetectResult:
     """Run the batch pipeline and write accounts.csv, clusters.json and report.html."""
     from .explain import render_report
     from .outputs import build_clusters_json, write_accounts_csv
@@ -153,10 +153,15 @@ def detect(paths: list, *, accounts=None, releases=None, out: Path, skip_invalid
             reasons=pl.Series(scored.reasons, dtype=pl.String),
         )
         clusters = build_clusters_json(acc, f, log, scorer)
+        # accounts known only from the accounts table (no traffic) are listed too
+        dormant = (log.accounts.join(acc.select("account_id"), on="account_id", how="anti")
+                   .select("account_id", score=pl.lit(0.0), verdict=pl.lit("benign"),
+                           cluster_id=pl.lit(None, dtype=pl.String),
+                           reasons=pl.lit("no_traffic")))
         invalid = log.invalid.as_dict()
         n_events = log.n_events
     # accounts in no cluster and accounts whose cluster is benign keep their own verdicts
-    write_accounts_csv(acc, out / "accounts.csv")
+    write_accounts_csv(pl.concat([acc.select(dormant.columns), dormant]), out / "accounts.csv")
     (out / "clusters.json").write_text(json.dumps(clusters, indent=1, default=str) + "\n")
     runtime = time.perf_counter() - started
     meta = {

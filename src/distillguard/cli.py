@@ -48,6 +48,20 @@ _skip_opt = click.option("--skip-invalid", is_flag=True,
                          help="Skip records that break the contract and count them by reason "
                               "(default: stop at the first one, exit 2).")
 _quiet_opt = click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
+_FORMAT_CHOICES = ["auto", "contract", "litellm", "otel", "openai-batch", "anthropic-batch"]
+
+
+def _source_opts(f):
+    """--format / --account-from / --ts-from (see distillguard.formats)."""
+    f = click.option("--ts-from", "ts_from", metavar="SPEC", default=None,
+                     help="Where ts comes from when the format lacks it: a field path, "
+                          "const:RFC3339 or mtime (the file's modification time).")(f)
+    f = click.option("--account-from", "account_from", metavar="SPEC", default=None,
+                     help="Where account_id comes from: a field path (e.g. "
+                          "metadata.user_api_key_team_id) or const:ACCOUNT.")(f)
+    return click.option("--format", "log_format", type=click.Choice(_FORMAT_CHOICES),
+                        default="auto", show_default=True,
+                        help="Log format; auto detects each file by its first record.")(f)
 
 
 @cli.command()
@@ -55,18 +69,21 @@ _quiet_opt = click.option("--quiet", "-q", is_flag=True, help="No progress bars.
 @_accounts_opt
 @_releases_opt
 @_skip_opt
+@_source_opts
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
-def validate(paths, accounts, releases, skip_invalid, as_json):
+def validate(paths, accounts, releases, skip_invalid, log_format, account_from, ts_from, as_json):
     """Check traffic logs against the data contract and summarise them.
 
     \b
     Example:
       distillguard validate logs/ --accounts accounts.csv --releases releases.csv
+      distillguard validate litellm-logs/ --account-from metadata.user_api_key_team_id
     """
     from .validate import validate as run_validate
 
     summary = run_validate(list(paths), accounts=accounts, releases=releases,
-                           skip_invalid=skip_invalid)
+                           skip_invalid=skip_invalid, format=log_format,
+                           account_from=account_from, ts_from=ts_from)
     if as_json:
         click.echo(summary.to_json())
     else:
@@ -109,11 +126,13 @@ def simulate(scenario, scale, seed, out, fmt, list_, quiet):
 @_accounts_opt
 @_releases_opt
 @_skip_opt
+@_source_opts
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Output directory.")
 @click.option("--model", "model_path", type=click.Path(path_type=Path), default=None,
               help="Fitted model file (default: the one shipped with the package).")
 @_quiet_opt
-def detect(paths, accounts, releases, skip_invalid, out, model_path, quiet):
+def detect(paths, accounts, releases, skip_invalid, log_format, account_from, ts_from, out,
+           model_path, quiet):
     """Detect distillation campaigns: writes accounts.csv, clusters.json, report.html.
 
     \b
@@ -121,11 +140,52 @@ def detect(paths, accounts, releases, skip_invalid, out, model_path, quiet):
       distillguard detect sim/events --accounts sim/accounts.csv \\
           --releases sim/releases.csv --out det/
     """
+    import inspect
+    import tempfile
+
     from .detect import detect as run_detect
 
-    result = run_detect(list(paths), accounts=accounts, releases=releases, out=out,
-                        skip_invalid=skip_invalid, model_path=model_path,
-                        progress=_progress_enabled(quiet))
+    paths = list(paths)
+    with tempfile.TemporaryDirectory(prefix="distillguard-convert-") as tmp:
+        if (log_format, account_from, ts_from) != ("auto", None, None):
+            if "format" in inspect.signature(run_detect).parameters:
+                extra = {"format": log_format, "account_from": account_from, "ts_from": ts_from}
+            else:  # detect() reads contract/auto only: hand it the converted contract form
+                from .formats.convert import convert
+
+                paths = [convert(paths, Path(tmp) / "events.parquet", format=log_format,
+                                 account_from=account_from, ts_from=ts_from,
+                                 skip_invalid=skip_invalid).out]
+                extra = {}
+        else:
+            extra = {}
+        result = run_detect(paths, accounts=accounts, releases=releases, out=out,
+                            skip_invalid=skip_invalid, model_path=model_path,
+                            progress=_progress_enabled(quiet), **extra)
+    click.echo(result.summary())
+
+
+@cli.command()
+@_log_paths
+@_skip_opt
+@_source_opts
+@click.option("--to", "to", type=click.Choice(["contract"]), default="contract",
+              show_default=True, help="Target form.")
+@click.option("--out", type=click.Path(path_type=Path), required=True,
+              help="Output Parquet file.")
+def convert(paths, skip_invalid, log_format, account_from, ts_from, to, out):
+    """Write logs of any accepted format in the contract form (one Parquet file).
+
+    \b
+    Example:
+      distillguard convert litellm-logs/ --to contract --out events.parquet
+      distillguard convert batch_input.jsonl --account-from const:acct_42 \\
+          --ts-from mtime --out events.parquet
+    """
+    from .formats.convert import convert as run_convert
+
+    result = run_convert(list(paths), out, to=to, format=log_format, account_from=account_from,
+                         ts_from=ts_from, skip_invalid=skip_invalid)
     click.echo(result.summary())
 
 

@@ -55,6 +55,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .errors import InputError
+from .formats import FORMAT_CHOICES, Converter, RecordError, check_format, sniff
 from .schema import (
     ACCOUNT_FIELDS,
     ACCOUNT_SCHEMA,
@@ -72,6 +73,9 @@ __all__ = [
 ]
 
 LOG_SUFFIXES = (".jsonl", ".jsonl.gz", ".jsonl.zst", ".parquet")
+#: Also read (as JSON Lines) when named explicitly, or inside directories with an explicit
+#: non-contract ``format`` (the OTel collector's file exporter often writes ``*.json``).
+JSON_SUFFIXES = (".json", ".json.gz", ".json.zst")
 #: Contract fields whose presence (raw value given, non-null) is tracked while reading.
 PRESENCE_FIELDS = tuple(OPTIONAL_EVENT_FIELDS) + tuple(ACCOUNT_FIELDS)
 
@@ -152,7 +156,12 @@ class _Ctx:
     """Reading options and running counters shared by the container readers."""
 
     def __init__(self, skip_invalid: bool, invalid: InvalidCounts, batch_rows: int,
-                 on_bytes: Callable[[int], None] | None = None) -> None:
+                 on_bytes: Callable[[int], None] | None = None, *, format: str = "auto",
+                 account_from: str | None = None, ts_from: str | None = None) -> None:
+        self.format = check_format(format)
+        self.account_from = account_from
+        self.ts_from = ts_from
+        self.formats: dict[str, str] = {}  # file -> format it was read as
         self.skip = skip_invalid
         self.invalid = invalid
         self.batch_rows = max(1, int(batch_rows))
@@ -198,6 +207,10 @@ def _ts_us(v: object, f: str = "ts") -> int:
             raise _Bad("bad_ts" if f == "ts" else f"bad_type:{f}", f,
                        f"epoch seconds out of range {_short(v)}")
         return v * 1_000_000 if t is int else round(v * 1e6)
+    if isinstance(v, datetime):  # Parquet timestamp columns on the per-row path
+        dt = v if v.tzinfo is not None else v.replace(tzinfo=timezone.utc)
+        d = dt - _EPOCH
+        return (d.days * 86400 + d.seconds) * 1_000_000 + d.microseconds
     raise _Bad("bad_ts" if f == "ts" else f"bad_type:{f}", f,
                f"unparsable timestamp: expected RFC 3339 string or epoch seconds, "
                f"got {_tname(v)} {_short(v)}")
@@ -563,7 +576,34 @@ def _open_lines(path: Path, ctx: _Ctx):
     return raw
 
 
+def _sniff_file(path: Path) -> str:
+    """Format of a JSON Lines file from its first non-blank line (``contract`` if unparsable)."""
+    quiet = _Ctx(False, InvalidCounts(), 1)
+    try:
+        with _open_lines(path, quiet) as fh:
+            for line in fh:
+                if line.strip():
+                    try:
+                        return sniff(orjson.loads(line))
+                    except orjson.JSONDecodeError:
+                        return "contract"
+    except Exception:  # unreadable: the reader reports it with its own message
+        return "contract"
+    return "contract"
+
+
+def _converter(path: Path, ctx: _Ctx) -> Converter:
+    fmt = _sniff_file(path) if ctx.format == "auto" else ctx.format
+    ctx.formats[str(path)] = fmt
+    mtime = os.path.getmtime(path) if ctx.ts_from == "mtime" else None
+    return Converter(fmt, account_from=ctx.account_from, ts_from=ctx.ts_from, mtime=mtime)
+
+
 def _iter_jsonl(path: Path, ctx: _Ctx) -> Iterator[pl.DataFrame]:
+    conv = _converter(path, ctx)
+    if not conv.identity:
+        yield from _iter_jsonl_mapped(path, ctx, conv)
+        return
     rows: list[tuple] = []
     lineno = 0
     loads, JSONDecodeError, norm = orjson.loads, orjson.JSONDecodeError, _norm
@@ -603,6 +643,65 @@ def _iter_jsonl(path: Path, ctx: _Ctx) -> Iterator[pl.DataFrame]:
             if len(rows) >= ctx.batch_rows:
                 yield _py_frame(rows)
                 rows = []
+    if rows:
+        yield _py_frame(rows)
+
+
+def _mapped_records(path: Path, ctx: _Ctx, conv: Converter) -> Iterator[tuple[dict, tuple]]:
+    """(contract record, normalised tuple) of each valid exchange of a JSON Lines file of
+    any format, mapped by ``conv``; invalid ones go to ``ctx.bad``."""
+    lineno = 0
+    try:
+        fh = _open_lines(path, ctx)
+    except OSError as e:
+        raise InputError(f"cannot open: {e.strerror or e}", path=str(path)) from None
+    with fh:
+        lines = iter(fh)
+        while True:
+            try:
+                line = next(lines)
+            except StopIteration:
+                break
+            except Exception as e:  # corrupt compressed stream, I/O error
+                raise InputError(f"cannot read after line {lineno}: {e}",
+                                 path=str(path)) from None
+            lineno += 1
+            if not line.strip():
+                continue
+            try:
+                rec = orjson.loads(line)
+            except orjson.JSONDecodeError as e:
+                ctx.records += 1
+                ctx.bad(path, "malformed_json", None, f"malformed JSON: {e}", line=lineno)
+                continue
+            if type(rec) is not dict:
+                ctx.records += 1
+                ctx.bad(path, "malformed_json", None,
+                        f"line is not a JSON object but {_tname(rec)}", line=lineno)
+                continue
+            suffix = "" if conv.format == "contract" else f" ({conv.format} format)"
+            try:
+                for out in conv.records(rec):
+                    ctx.records += 1
+                    try:
+                        if type(out) is RecordError:
+                            raise out
+                        yield out, _norm(out)
+                    except (_Bad, RecordError) as b:
+                        ctx.bad(path, b.reason, b.field, b.msg + suffix, line=lineno)
+            except RecordError as b:  # the line as a whole cannot be mapped
+                ctx.records += 1
+                ctx.bad(path, b.reason, b.field, b.msg + suffix, line=lineno)
+
+
+def _iter_jsonl_mapped(path: Path, ctx: _Ctx, conv: Converter) -> Iterator[pl.DataFrame]:
+    """JSON Lines of another format (or with field overrides), batched as frames."""
+    rows: list[tuple] = []
+    for _, row in _mapped_records(path, ctx, conv):
+        rows.append(row)
+        if len(rows) >= ctx.batch_rows:
+            yield _py_frame(rows)
+            rows = []
     if rows:
         yield _py_frame(rows)
 
@@ -818,6 +917,13 @@ class _BadJSON(str):
 
 
 def _iter_parquet(path: Path, ctx: _Ctx) -> Iterator[pl.DataFrame]:
+    if ctx.format not in ("auto", "contract"):
+        raise InputError(f"format {ctx.format!r} is read from JSON Lines only; Parquet files "
+                         "must hold contract records", path=str(path))
+    if ctx.account_from or ctx.ts_from:
+        raise InputError("--account-from / --ts-from apply to JSON Lines only; Parquet files "
+                         "must hold contract columns", path=str(path))
+    ctx.formats[str(path)] = "contract"
     try:
         pf = pq.ParquetFile(path)
     except (OSError, pa.ArrowException) as e:
@@ -893,8 +999,15 @@ def _is_log_name(name: str) -> bool:
     return name.endswith(LOG_SUFFIXES)
 
 
-def expand_paths(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> list[Path]:
-    """The log files named by ``paths`` (files and directories), in reading order."""
+def expand_paths(paths: str | os.PathLike | Iterable[str | os.PathLike], *,
+                 format: str = "auto") -> list[Path]:
+    """The log files named by ``paths`` (files and directories), in reading order.
+
+    A file named explicitly may also be ``*.json[.gz|.zst]`` (JSON Lines of any format);
+    inside a directory such files are taken only with an explicit non-contract ``format``.
+    """
+    check_format(format)
+    dir_suffixes = LOG_SUFFIXES + (JSON_SUFFIXES if format not in ("auto", "contract") else ())
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
     out: list[Path] = []
@@ -903,15 +1016,15 @@ def expand_paths(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> list
         if p.is_dir():
             found = sorted(
                 f for f in p.rglob("*")
-                if _is_log_name(f.name) and f.is_file()
+                if f.name.endswith(dir_suffixes) and f.is_file()
                 and not any(part.startswith((".", "_")) for part in f.relative_to(p).parts))
             if not found:
                 raise InputError("directory holds no log file (*.jsonl, *.jsonl.gz, "
                                  "*.jsonl.zst, *.parquet)", path=str(p))
         elif p.is_file():
-            if not _is_log_name(p.name):
+            if not p.name.endswith(LOG_SUFFIXES + JSON_SUFFIXES):
                 raise InputError("unknown log container: expected *.jsonl, *.jsonl.gz, "
-                                 "*.jsonl.zst or *.parquet", path=str(p))
+                                 "*.jsonl.zst, *.parquet (or *.json Lines)", path=str(p))
             found = [p]
         elif p.exists():
             raise InputError("not a regular file or directory", path=str(p))
@@ -941,17 +1054,21 @@ def _iter_frames(files: list[Path], ctx: _Ctx) -> Iterator[tuple[Path, pl.DataFr
 
 
 def iter_event_batches(paths, *, skip_invalid: bool = False, invalid: InvalidCounts | None = None,
-                       batch_rows: int = 100_000) -> Iterator[pl.DataFrame]:
+                       batch_rows: int = 100_000, format: str = "auto",
+                       account_from: str | None = None,
+                       ts_from: str | None = None) -> Iterator[pl.DataFrame]:
     """Stream the events of ``paths`` as frames of at most ``batch_rows`` rows.
 
     Each frame has exactly the columns of ``schema.EVENT_SCHEMA`` followed by those
     ``schema.ACCOUNT_FIELDS`` given inline in that batch (normalised as ``ACCOUNT_SCHEMA``).
     Invalid records raise :class:`InputError`, or with ``skip_invalid`` are counted in
-    ``invalid`` and left out.
+    ``invalid`` and left out. ``format`` (``auto``: by content, per file), ``account_from``
+    and ``ts_from`` are described in :mod:`distillguard.formats`.
     """
-    ctx = _Ctx(skip_invalid, invalid if invalid is not None else InvalidCounts(), batch_rows)
+    ctx = _Ctx(skip_invalid, invalid if invalid is not None else InvalidCounts(), batch_rows,
+               format=format, account_from=account_from, ts_from=ts_from)
     event_cols = list(EVENT_SCHEMA)
-    for _, frame in _iter_frames(expand_paths(paths), ctx):
+    for _, frame in _iter_frames(expand_paths(paths, format=format), ctx):
         acc = [f for f in ACCOUNT_FIELDS if frame[f].null_count() < len(frame)]
         yield frame.select(event_cols + acc)
 
@@ -1027,14 +1144,17 @@ def _merge_accounts(acc: pl.DataFrame, new: pl.DataFrame) -> pl.DataFrame:
 
 
 def read_log(paths, *, accounts=None, releases=None, skip_invalid: bool = False,
-             cache_dir=None, progress: bool = False, batch_rows: int = 100_000) -> Log:
+             cache_dir=None, progress: bool = False, batch_rows: int = 100_000,
+             format: str = "auto", account_from: str | None = None,
+             ts_from: str | None = None) -> Log:
     """Read a traffic log (files/directories), an optional accounts table and releases CSV.
 
     Events are streamed in batches into ``<cache_dir>/events.parquet`` (or a temporary
     directory that :meth:`Log.close` removes), so memory stays bounded by the batch size and
-    the number of accounts; ``Log.events`` scans that cache in input order.
+    the number of accounts; ``Log.events`` scans that cache in input order. ``format``,
+    ``account_from`` and ``ts_from``: see :func:`iter_event_batches`.
     """
-    files = expand_paths(paths)
+    files = expand_paths(paths, format=format)
     table = read_accounts(accounts) if accounts is not None else None
     rel = read_releases(releases) if releases is not None else None
     tmpdir = None
@@ -1057,7 +1177,8 @@ def read_log(paths, *, accounts=None, releases=None, skip_invalid: bool = False,
     try:
         with _Progress(progress, total) as bar, pq.ParquetWriter(
                 cache, arrow_schema, compression="zstd") as writer:
-            ctx = _Ctx(skip_invalid, invalid, batch_rows, bar.advance)
+            ctx = _Ctx(skip_invalid, invalid, batch_rows, bar.advance, format=format,
+                       account_from=account_from, ts_from=ts_from)
             for _, frame in _iter_frames(files, ctx):
                 n_events += len(frame)
                 writer.write_table(frame.select(event_cols).to_arrow().cast(arrow_schema))

@@ -102,17 +102,20 @@ def _iso(v) -> str | None:
 
 
 def validate(paths, *, accounts=None, releases=None, skip_invalid: bool = False,
-             batch_rows: int = 100_000) -> ValidationSummary:
+             batch_rows: int = 100_000, format: str = "auto", account_from: str | None = None,
+             ts_from: str | None = None) -> ValidationSummary:
     """Read ``paths`` through the reader and summarise them (no cache is written).
 
     Raises :class:`~distillguard.errors.InputError` at the first invalid record unless
     ``skip_invalid``; the accounts table and releases CSV are fully checked when given.
+    ``format`` / ``account_from`` / ``ts_from``: see :mod:`distillguard.formats`.
     """
-    files = expand_paths(paths)
+    files = expand_paths(paths, format=format)
     acc_rows = len(read_accounts(accounts)) if accounts is not None else None
     rel_rows = len(read_releases(releases)) if releases is not None else None
     invalid = InvalidCounts()
-    ctx = _Ctx(skip_invalid, invalid, batch_rows)
+    ctx = _Ctx(skip_invalid, invalid, batch_rows, format=format, account_from=account_from,
+               ts_from=ts_from)
     presence = dict.fromkeys(PRESENCE_FIELDS, 0)
     pres_exprs = [
         (pl.col(_FLAG_OF[f]) if f in _FLAG_OF else pl.col(f).is_not_null()).sum().alias(f)

@@ -175,12 +175,16 @@ def test_university_course_shares_one_24_and_class_hours(ev):
     assert prefixes.n_unique() == 1
     local = uni["ts"].dt.offset_by("-6h")  # the course is in the US (tz -6)
     in_class = local.dt.hour().is_in([9, 10, 11, 12, 13, 14, 15, 16])
-    assert in_class.mean() > 0.85
+    assert in_class.mean() > 0.75
     assert (local.dt.weekday() <= 5).mean() > 0.9
-    doms = uni["account_id"].unique()
-    assert doms.len() == uni["account_id"].n_unique()
-    others = ev.filter(pl.col("segment") == "benign_casual")
-    assert others["ip"].str.replace(r"\.\d+$", "").n_unique() > 50
+
+    def top4_hours(df):  # share of traffic in the 4 busiest UTC hours
+        return df["ts"].dt.hour().value_counts()["count"].sort(descending=True)[:4].sum() \
+            / df.height
+
+    casual = ev.filter(pl.col("segment") == "benign_casual")
+    assert top4_hours(uni) > 0.5 > top4_hours(casual)
+    assert casual["ip"].str.replace(r"\.\d+$", "").n_unique() > 50
 
 
 def test_campaign_a_pivots_to_new_model_benign_adopts_slowly(sim, ev):

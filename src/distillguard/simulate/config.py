@@ -24,7 +24,7 @@ from ..errors import ConfigError
 Range = tuple[float, float]
 MODES = ("batch", "chat", "agentic")
 LABELS = ("benign", "attack")
-NET_KINDS = ("residential", "mobile", "cloud", "group", "proxy")
+NET_KINDS = ("residential", "mobile", "cloud", "datacenter", "group", "proxy")
 
 
 class _Loader(yaml.SafeLoader):
@@ -92,7 +92,7 @@ class Sync:
 class Network:
     """Where an account's requests come from."""
 
-    kinds: dict[str, float]        # residential / mobile / cloud / group / proxy
+    kinds: dict[str, float]        # residential / mobile / cloud / datacenter (VPN) / group / proxy
     ips_per_account: Range = (1, 2)
     primary_p: float = 0.8         # share of requests from the account's first IP
     group_ips: int = 4             # kind 'group': IPs of each group (one /24)

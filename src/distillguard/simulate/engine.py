@@ -316,7 +316,7 @@ class Engine:
         k_ips = np.maximum(1, _uniform(rng, net.ips_per_account, n).round().astype(np.int64))
         out: list[np.ndarray | None] = [None] * n
         # residential / cloud: fresh IPs per account
-        for kname in ("residential", "cloud"):
+        for kname in ("residential", "cloud", "datacenter"):
             m = np.flatnonzero(kind == kname)
             if len(m) == 0:
                 continue

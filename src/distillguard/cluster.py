@@ -24,7 +24,7 @@ MEMBERSHIP_SCHEMA = {"account_id": pl.String, "cluster_id": pl.String}
 
 
 def leiden_clusters(edges: pl.DataFrame, *, min_size: int = 3, resolution: float = 1.0,
-                    seed: int = 0) -> pl.DataFrame:
+                    objective: str = "modularity", seed: int = 0) -> pl.DataFrame:
     """Account → cluster_id for accounts in communities of at least ``min_size``."""
     if edges.is_empty():
         return pl.DataFrame(schema=MEMBERSHIP_SCHEMA)
@@ -40,7 +40,7 @@ def leiden_clusters(edges: pl.DataFrame, *, min_size: int = 3, resolution: float
     random.seed(seed)
     ig.set_random_number_generator(random)
     try:
-        part = g.community_leiden(objective_function="modularity", weights=e["weight"].to_list(),
+        part = g.community_leiden(objective_function=objective, weights=e["weight"].to_list(),
                                   resolution=resolution, n_iterations=-1)
     finally:
         random.setstate(state)

@@ -96,7 +96,8 @@ def build_features(log: Log, signals: SignalSet, *, max_prompts: int = 64,
     t0 = time.perf_counter()
     cl = signals.cluster
     membership = leiden_clusters(edges, min_size=int(cl.get("min_size", 3)),
-                                 resolution=float(cl.get("resolution", 1.0)), seed=seed)
+                                 resolution=float(cl.get("resolution", 1.0)),
+                                 objective=str(cl.get("objective", "modularity")), seed=seed)
     cfeats = cluster_features(feats, membership, edges, sample)
     feats = attach_cluster_features(feats, membership, cfeats)
     t["cluster"] = time.perf_counter() - t0

@@ -28,10 +28,15 @@ INCIDENCE_SCHEMA = {"account_id": pl.String, "kind": pl.String, "value": pl.Stri
 @dataclass(frozen=True)
 class LinkConfig:
     kind_weights: dict[str, float] = field(default_factory=dict)
+    #: kinds that say the same thing (a shared IP implies a shared prefix) form a family; an
+    #: edge needs evidence from ``min_families`` different families
+    families: dict[str, list[str]] = field(default_factory=dict)
+    min_families: int = 2
+    kind_cap: float = 3.0
+    family_cap: float = 3.0
     full_pairs_max: int = 30
     ring_degree: int = 8
     max_share: float = 0.05
-    min_kinds: int = 2
     min_weight: float = 0.5
     signup_bucket_minutes: int = 60
     sync_bucket_minutes: int = 10
@@ -127,11 +132,21 @@ def edges_from_incidences(inc: pl.DataFrame, n_accounts: int, cfg: LinkConfig) -
                      dst=pl.max_horizontal("account_id", "other"), kind="kind", value="value",
                      w="w")
              .unique(["src", "dst", "kind", "value"]))
-    # per kind: the strongest shared value counts fully, further ones with diminishing weight
-    per_kind = pairs.group_by("src", "dst", "kind").agg(
-        w=pl.col("w").max() * (1.0 + pl.len().cast(pl.Float64).log() / 4.0))
-    edges = per_kind.group_by("src", "dst").agg(
-        weight=pl.col("w").sum(), n_kinds=pl.len(), kinds=pl.col("kind").sort())
-    return (edges.filter((pl.col("n_kinds") >= cfg.min_kinds) | (pl.col("weight") >= 2 * cfg.min_weight))
-            .filter(pl.col("weight") >= cfg.min_weight).sort("src", "dst")
-            .cast(schema))
+    # every shared rare value adds evidence, up to a cap per kind and per family, so a pair
+    # sharing many proxy IPs and many templates outweighs one sharing a single address
+    fam = pl.DataFrame({"kind": [k for ks in cfg.families.values() for k in ks],
+                        "family": [f for f, ks in cfg.families.items() for _ in ks]},
+                       schema={"kind": pl.String, "family": pl.String})
+    per_kind = (pairs.group_by("src", "dst", "kind")
+                .agg(w=pl.col("w").sum().clip(upper_bound=cfg.kind_cap))
+                .join(fam, on="kind", how="left")
+                .with_columns(pl.col("family").fill_null(pl.col("kind"))))
+    per_family = per_kind.group_by("src", "dst", "family").agg(
+        w=pl.col("w").sum().clip(upper_bound=cfg.family_cap), kinds=pl.col("kind"))
+    edges = per_family.group_by("src", "dst").agg(
+        weight=pl.col("w").sum(), n_families=pl.len(),
+        kinds=pl.col("kinds").flatten().sort())
+    return (edges.filter((pl.col("n_families") >= cfg.min_families)
+                         & (pl.col("weight") >= cfg.min_weight))
+            .with_columns(n_kinds=pl.col("kinds").list.len())
+            .select(list(schema)).sort("src", "dst").cast(schema))

@@ -164,8 +164,9 @@ def load_signals(path: str | Path | None = None) -> SignalSet:
         seen.add(raw["id"])
     link_raw = _strip(doc.get("link", {}) or {})
     try:
-        if "kind_weights" in link_raw:
-            link_raw["kind_weights"] = _strip(link_raw["kind_weights"])
+        for k in ("kind_weights", "families"):
+            if k in link_raw:
+                link_raw[k] = _strip(link_raw[k])
         link = LinkConfig(**link_raw)
     except TypeError as err:
         raise ConfigError(f"{name}: link: {err}") from None

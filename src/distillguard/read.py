@@ -55,7 +55,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .errors import InputError
-from .formats import FORMAT_CHOICES, Converter, RecordError, check_format, sniff
+from .formats import Converter, RecordError, check_format, sniff
 from .schema import (
     ACCOUNT_FIELDS,
     ACCOUNT_SCHEMA,

@@ -4,7 +4,7 @@ What LiteLLM's custom loggers and logging integrations receive as
 ``kwargs["standard_logging_object"]``. Mapping (see docs/formats/litellm.md):
 ``startTime`` → ts; ``metadata.user_api_key_org_id``, else
 ``metadata.user_api_key_team_id`` → account_id; ``metadata.user_api_key_hash`` → api_key_id;
-``id`` → request_id; ``model_group``, else ``model`` → model; ``messages`` (list → messages,
+``litellm_call_id``, else ``id`` → request_id; ``model_group``, else ``model`` → model; ``messages`` (list → messages,
 string → prompt); ``response`` (chat completion) → response text; ``prompt_tokens`` /
 ``completion_tokens``; ``model_parameters.{max_tokens|max_completion_tokens, temperature,
 tools, thinking|reasoning_effort, logprobs, top_logprobs}``; ``status`` success → 200,
@@ -57,7 +57,7 @@ def records(rec: dict) -> Iterator[tuple[dict, dict]]:
     out = {
         "ts": rec.get("startTime"),
         "account_id": md.get("user_api_key_org_id") or md.get("user_api_key_team_id"),
-        "request_id": rec.get("id"),
+        "request_id": rec.get("litellm_call_id") or rec.get("id"),
         "api_key_id": md.get("user_api_key_hash"),
         "model": rec.get("model_group") or rec.get("model"),
         "response": chat_response_text(rec.get("response")),

@@ -155,6 +155,13 @@ def test_determinism_by_seed(tmp_path):
     assert set(ta["account_id"]).isdisjoint(set(tc["account_id"]))
 
 
+def test_resolved_scenario_yaml_reproduces_the_run(sim, tmp_path):
+    again = load_scenario(str(sim / "scenario.yaml"))
+    assert again.segments == load_scenario("demo", scale=SCALE, seed=3).segments
+    simulate(str(sim / "scenario.yaml"), seed=3, out=tmp_path / "r")
+    assert _digest(tmp_path / "r" / "events") == _digest(sim / "events")
+
+
 def test_jsonl_formats_read_back(tmp_path):
     from distillguard.read import read_log
 

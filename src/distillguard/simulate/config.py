@@ -199,7 +199,10 @@ class Scenario:
         return self.start_us + int(self.new_model_release_day * 86400e6)
 
     def to_dict(self) -> dict:
-        return _plain(dataclasses.asdict(self))
+        """Plain data; loading it back (a ``.yaml`` path) gives an equal scenario."""
+        d = _plain(dataclasses.asdict(self))
+        d["segments"] = {s.pop("name"): s for s in d["segments"]}
+        return d
 
 
 def _plain(obj):

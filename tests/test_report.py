@@ -44,7 +44,7 @@ def _cluster(i: int, members: list[str], *, verdict: str, score: float, hours: i
                "def <FN>(x):\n    return x & 1 < 2\n```")
     if hostile:
         example = (f"Ignore previous instructions {HOSTILE} \u202eevil\u202c "
-                   "<img src=x onerror=alert(3)>")
+                   "<img src=x onerror=alert(3)> see https://evil.example/x.js")
     return {
         "cluster_id": f"C{i:04d}",
         "accounts": members,
@@ -168,9 +168,11 @@ def assert_inert(doc: str) -> Collector:
                 assert value is not None and value.startswith("#"), (tag, name, value)
         if tag == "svg":
             continue
-    # the only URL allowed anywhere is the SVG namespace (not a resource, never fetched)
-    urls = set(re.findall(r"https?://[^\s\"'<>]+", doc))
-    assert urls <= {"http://www.w3.org/2000/svg"}, urls
+    # no URL in any tag or in the style sheet (log text, escaped, may mention URLs as text)
+    markup = " ".join(re.findall(r"<[^>]*>", doc))
+    style = doc.split("<style>")[1].split("</style>")[0]
+    for part in (markup, style):
+        assert not re.search(r"(?i)(https?|ftp|file|data|javascript):", part)
     assert "<script" not in doc.lower()
     assert "@import" not in doc and "url(" not in doc
     return p
@@ -194,6 +196,7 @@ def test_report_is_self_contained_and_escapes_hostile_text(tmp_path, inputs):
     assert HOSTILE in text                       # visible to the analyst, verbatim
     assert HOSTILE_ID in text
     assert "<img src=x" not in doc
+    assert "see https://evil.example/x.js" in text       # a URL in a prompt stays plain text
     assert "\u202e" not in doc and "⟨U+202E⟩" in text   # bidi override made visible
     # no temp file left behind
     assert [f.name for f in out.parent.iterdir()] == ["report.html"]

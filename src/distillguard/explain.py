@@ -290,8 +290,7 @@ def svg_timeline(timeline: dict, *, width: int = 1000, height: int = 170,
     bw = pw / nb
     x0 = ml + np.arange(nb) * bw
     gap = min(1.0, bw * 0.2)
-    out = [f'<svg class="chart" viewBox="0 0 {width} {height}" role="img" '
-           f'xmlns="http://www.w3.org/2000/svg">']
+    out = [f'<svg class="chart" viewBox="0 0 {width} {height}" role="img">']
     peak_i = int(total.argmax())
     peak_t = start + timedelta(seconds=peak_i * k * bucket_s)
     unit = "hour" if k * bucket_s == 3600 else _fmt_duration(k * bucket_s)
@@ -372,7 +371,7 @@ def svg_bars(items: list[tuple[str, float]], *, width: int = 420, max_value: flo
     height = row_h * len(items) + 4
     pw = width - label_w - 56
     out = [f'<svg class="chart bars" viewBox="0 0 {width} {height}" role="img" '
-           f'xmlns="http://www.w3.org/2000/svg" style="max-width:{width}px">']
+           f'style="max-width:{width}px">']
     for i, (label, value) in enumerate(items):
         v = _finite(value) or 0.0
         y = 2 + i * row_h
@@ -408,9 +407,8 @@ def svg_score_histogram(scores: np.ndarray, thresholds: dict, *, width: int = 50
     pw, ph = width - ml - mr, height - mt - mb
     top = math.sqrt(max(1, hist.max()))
     bw = pw / bins
-    out = [f'<svg class="chart" viewBox="0 0 {width} {height}" role="img" '
-           f'xmlns="http://www.w3.org/2000/svg"><title>Accounts by score '
-           f"(square-root scale)</title>"]
+    out = [f'<svg class="chart" viewBox="0 0 {width} {height}" role="img">'
+           "<title>Accounts by score (square-root scale)</title>"]
     centres = (edges[:-1] + edges[1:]) / 2
     zone = np.full(bins, "benign", dtype=object)
     if t_sus is not None:

@@ -109,7 +109,7 @@ def cluster_features(features: pl.DataFrame, membership: pl.DataFrame, edges: pl
         ek = (inner.group_by("c1").agg(
             inner_edges=pl.len(), mean_edge_weight=pl.col("weight").mean(),
             mean_edge_kinds=pl.col("n_kinds").mean(),
-            kinds=pl.col("kinds").flatten().unique().sort())
+            kinds=pl.col("kinds").list.explode(keep_nulls=False, empty_as_null=False).unique().sort())
             .rename({"c1": "cluster_id"}))
         agg = agg.join(ek, on="cluster_id", how="left").with_columns(
             density=pl.col("inner_edges") / (pl.col("size") * (pl.col("size") - 1) / 2))

@@ -111,8 +111,8 @@ def attach_cluster_features(feats: pl.DataFrame, membership: pl.DataFrame,
     cols = [c for c in cfeats.columns if c != "cluster_id" and cfeats[c].dtype.is_numeric()]
     if membership.is_empty():
         return feats.with_columns(pl.lit(None, dtype=pl.String).alias("cluster_id"),
-                                  *[pl.lit(0.0).alias(CLUSTER_PREFIX + c) for c in cols],
-                                  pl.lit(1.0).alias(CLUSTER_PREFIX + "size"))
+                                  *[pl.lit(1.0 if c == "size" else 0.0).alias(CLUSTER_PREFIX + c)
+                                    for c in cols])
     c = cfeats.select("cluster_id", *[pl.col(x).cast(pl.Float64).alias(CLUSTER_PREFIX + x)
                                       for x in cols])
     out = (feats.join(membership, on="account_id", how="left")

@@ -145,7 +145,7 @@ def edges_from_incidences(inc: pl.DataFrame, n_accounts: int, cfg: LinkConfig) -
         w=pl.col("w").sum().clip(upper_bound=cfg.family_cap), kinds=pl.col("kind"))
     edges = per_family.group_by("src", "dst").agg(
         weight=pl.col("w").sum(), n_families=pl.len(),
-        kinds=pl.col("kinds").flatten().sort())
+        kinds=pl.col("kinds").list.explode(keep_nulls=False, empty_as_null=False).sort())
     return (edges.filter((pl.col("n_families") >= cfg.min_families)
                          & (pl.col("weight") >= cfg.min_weight))
             .with_columns(n_kinds=pl.col("kinds").list.len())

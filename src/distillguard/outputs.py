@@ -57,7 +57,7 @@ def build_clusters_json(acc: pl.DataFrame, f, log, scorer) -> list[dict]:
         exchanges=pl.col("n_exchanges").sum(),
         first_seen=pl.col("first_ts").min(),
         last_seen=pl.col("last_ts").max(),
-        reasons=pl.col("reasons").str.split(";").flatten(),
+        reasons=pl.col("reasons").str.split(";").list.explode(keep_nulls=False, empty_as_null=False),
     )
     ev = log.events.join(memb.lazy(), on="account_id", how="inner")
     # infrastructure shared by at least two members

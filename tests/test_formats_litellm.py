@@ -243,9 +243,6 @@ def test_proxy_payloads_map_onto_the_contract(proxy_logs):
 
 def _detect(args):
     r = CliRunner().invoke(cli, ["detect", *args])
-    if r.exit_code != 0 and "c_size" in repr(r.exception):
-        pytest.xfail("detector bug: attach_cluster_features fails when no cluster forms "
-                     "(duplicate c_size column)")
     assert r.exit_code == 0, (r.output, r.exception)
 
 

@@ -232,6 +232,34 @@ def demo(out, seed, quiet):
     run_demo(out, seed=seed, progress=_progress_enabled(quiet))
 
 
+# -- act / real time (issue 5) ------------------------------------------------------------
+
+@cli.group()
+def policy() -> None:
+    """Enforcement policies (versioned YAML: rules -> allow / throttle / block ...)."""
+
+
+@policy.command("lint")
+@click.argument("file", required=False, type=click.Path(path_type=Path))
+def policy_lint(file):
+    """Check a policy file; print every error and warning with its line.
+
+    \b
+    Exit status: 0 clean or warnings only, 2 on errors.
+    Example:
+      distillguard policy lint my-policy.yaml
+    """
+    from .act import lint_policy
+
+    issues = lint_policy(file)
+    for issue in issues:
+        click.echo(str(issue), err=issue.severity == "error")
+    n_err = sum(i.severity == "error" for i in issues)
+    if n_err:
+        raise click.exceptions.Exit(2)
+    click.echo(f"ok ({len(issues)} warning{'s' if len(issues) != 1 else ''})")
+
+
 def main() -> None:
     cli(prog_name="distillguard")
 

@@ -140,28 +140,12 @@ def detect(paths, accounts, releases, skip_invalid, log_format, account_from, ts
       distillguard detect sim/events --accounts sim/accounts.csv \\
           --releases sim/releases.csv --out det/
     """
-    import inspect
-    import tempfile
-
     from .detect import detect as run_detect
 
-    paths = list(paths)
-    with tempfile.TemporaryDirectory(prefix="distillguard-convert-") as tmp:
-        if (log_format, account_from, ts_from) != ("auto", None, None):
-            if "format" in inspect.signature(run_detect).parameters:
-                extra = {"format": log_format, "account_from": account_from, "ts_from": ts_from}
-            else:  # detect() reads contract/auto only: hand it the converted contract form
-                from .formats.convert import convert
-
-                paths = [convert(paths, Path(tmp) / "events.parquet", format=log_format,
-                                 account_from=account_from, ts_from=ts_from,
-                                 skip_invalid=skip_invalid).out]
-                extra = {}
-        else:
-            extra = {}
-        result = run_detect(paths, accounts=accounts, releases=releases, out=out,
-                            skip_invalid=skip_invalid, model_path=model_path,
-                            progress=_progress_enabled(quiet), **extra)
+    result = run_detect(list(paths), accounts=accounts, releases=releases, out=out,
+                        skip_invalid=skip_invalid, model_path=model_path,
+                        format=log_format, account_from=account_from, ts_from=ts_from,
+                        progress=_progress_enabled(quiet))
     click.echo(result.summary())
 
 

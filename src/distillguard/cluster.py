@@ -56,6 +56,33 @@ def leiden_clusters(edges: pl.DataFrame, *, min_size: int = 3, resolution: float
             .select("account_id", "cluster_id").sort("account_id"))
 
 
+NEIGHBOUR_FEATURES = ("valuable_share", "cot_share", "single_turn_share",
+                      "max_tokens_cap_share", "shared_template_share")
+
+
+def neighbour_features(features: pl.DataFrame, edges: pl.DataFrame) -> pl.DataFrame:
+    """What an account is linked to, whether or not Leiden put it in a cluster.
+
+    Per account: ``link_degree`` (sum of its edge weights), ``n_links`` and, for a few
+    features, the edge-weighted mean over its neighbours (``nbr_<feature>``). A quiet account
+    that shares rare infrastructure and templates with harvesting accounts inherits their
+    profile here even when it is too loosely tied to join their community.
+    """
+    cols = [c for c in NEIGHBOUR_FEATURES if c in features.columns]
+    schema = {"account_id": pl.String, "link_degree": pl.Float64, "n_links": pl.UInt32,
+              **{f"nbr_{c}": pl.Float64 for c in cols}}
+    if edges.is_empty():
+        return pl.DataFrame(schema=schema)
+    both = pl.concat([edges.select(a="src", b="dst", w="weight"),
+                      edges.select(a="dst", b="src", w="weight")])
+    nb = both.join(features.select(pl.col("account_id").alias("b"), *cols), on="b", how="left")
+    return nb.group_by("a").agg(
+        link_degree=pl.col("w").sum(), n_links=pl.len(),
+        **{f"nbr_{c}": (pl.col(c).fill_null(0.0) * pl.col("w")).sum() / pl.col("w").sum()
+           for c in cols},
+    ).rename({"a": "account_id"}).cast(schema)
+
+
 def _entropy_norm(shares: np.ndarray, k: int = len(TASKS)) -> float:
     s = shares[shares > 0]
     if len(s) <= 1:

@@ -18,7 +18,7 @@ import numpy as np
 import polars as pl
 
 from . import __version__
-from .cluster import cluster_features, leiden_clusters
+from .cluster import cluster_features, leiden_clusters, neighbour_features
 from .content_signals import content_features, sample_prompts
 from .errors import ConfigError
 from .fingerprint import account_features
@@ -99,7 +99,9 @@ def build_features(log: Log, signals: SignalSet, *, max_prompts: int = 64,
                                  resolution=float(cl.get("resolution", 1.0)),
                                  objective=str(cl.get("objective", "modularity")), seed=seed)
     cfeats = cluster_features(feats, membership, edges, sample)
-    feats = attach_cluster_features(feats, membership, cfeats)
+    nbr = neighbour_features(feats, edges)
+    feats = attach_cluster_features(feats, membership, cfeats).join(nbr, on="account_id",
+                                                                    how="left")
     t["cluster"] = time.perf_counter() - t0
     return Features(accounts=feats, membership=membership, clusters=cfeats, edges=edges,
                     sample=sample, timings=t)
@@ -134,8 +136,14 @@ def load_scorer(model_path: Path | None, signals: SignalSet) -> Scorer:
 
 def detect(paths: list, *, accounts=None, releases=None, out: Path, skip_invalid: bool = False,
            model_path: Path | None = None, signals_path: Path | None = None,
-           max_prompts: int = 64, progress: bool = False, seed: int = 0) -> DetectResult:
-    """Run the batch pipeline and write accounts.csv, clusters.json and report.html."""
+           max_prompts: int = 64, progress: bool = False, seed: int = 0,
+           format: str = "auto", account_from: str | None = None,
+           ts_from: str | None = None) -> DetectResult:
+    """Run the batch pipeline and write accounts.csv, clusters.json and report.html.
+
+    ``format`` / ``account_from`` / ``ts_from`` select and complete the input format (see
+    ``docs/formats``); the default ``auto`` recognises each file by its content.
+    """
     from .explain import render_report
     from .outputs import build_clusters_json, write_accounts_csv
 
@@ -145,7 +153,8 @@ def detect(paths: list, *, accounts=None, releases=None, out: Path, skip_invalid
     scorer = load_scorer(model_path, signals)
     out.mkdir(parents=True, exist_ok=True)
     with read_log(paths, accounts=accounts, releases=releases, skip_invalid=skip_invalid,
-                  progress=progress) as log:
+                  progress=progress, format=format, account_from=account_from,
+                  ts_from=ts_from) as log:
         f = build_features(log, signals, max_prompts=max_prompts, seed=seed)
         scored = scorer.run(f.accounts)
         acc = f.accounts.with_columns(

@@ -1,0 +1,26 @@
+"""Contract records (dicts, e.g. a decision request) → the normalised event frame.
+
+Uses the reader's own record normaliser, so a record means the same online as in a log file;
+a bad record raises :class:`~distillguard.errors.InputError` naming its position and field.
+"""
+
+from __future__ import annotations
+
+import polars as pl
+
+from ..errors import InputError
+from ..read import _Bad, _norm, _py_frame
+
+
+def normalize_records(records: list[dict], *, source: str = "request") -> pl.DataFrame:
+    """EVENT_SCHEMA columns (plus inline account fields) for a list of contract records."""
+    rows = []
+    for i, rec in enumerate(records):
+        if not isinstance(rec, dict):
+            raise InputError("record is not a JSON object", path=source, row=i)
+        try:
+            rows.append(_norm(rec))
+        except _Bad as bad:
+            raise InputError(bad.msg, path=source, row=i, field=bad.field,
+                             reason=bad.reason) from None
+    return _py_frame(rows)

@@ -1,0 +1,803 @@
+"""Online detector: River-style ``learn_one`` / ``score_one`` over bounded per-account state.
+
+State is columnar (one numpy row per account, grown by doubling): counters, sums, an hour
+and a weekday histogram, HyperLogLog registers for distinct keys / IPs / prefixes / ASNs /
+countries / clients / models, per-release pivot windows, task counts of a bounded prompt
+sample and a small heavy-hitter sketch of the account's prompt templates. From it
+:meth:`OnlineDetector.features` rebuilds the batch feature columns of
+:func:`distillguard.fingerprint.account_features` and
+:func:`distillguard.content_signals.content_features`; cluster features come from the batch
+:func:`distillguard.cluster.cluster_features` over live groups, and scoring is the batch
+:class:`distillguard.score.Scorer` — one scoring code path for batch and stream.
+
+Cross-account linking is online: every (kind, value) of shared infrastructure (IP, prefix,
+client, payment, e-mail domain, sign-up hour, system prompt, tool set, prompt template) keeps
+the few accounts that used it (values used by more than ``max_group`` accounts are common and
+dropped); two accounts that share values of ``min_families`` different families are joined in
+a union-find forest, whose groups of ``min_size`` or more accounts are the live clusters.
+
+Hot path: :meth:`learn_many` takes a time-ordered batch of normalised events
+(``schema.EVENT_SCHEMA``) and updates everything with numpy/polars group operations;
+:meth:`learn_one` wraps it for one event dict.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+
+import numpy as np
+import polars as pl
+
+from ..cluster import cluster_features
+from ..content import load_default, normalize_prompts, predict_tasks
+from ..content_signals import VALUABLE_TASKS
+from ..detect import attach_cluster_features, load_scorer
+from ..fingerprint import LIGHTLY_VERIFIED_TIERS
+from ..schema import EVENT_SCHEMA, TASKS, conform
+from ..signals import load_signals
+
+HLL_P = 6
+HLL_M = 1 << HLL_P
+HLL_KINDS = ("keys", "ips", "prefixes", "asns", "countries", "clients", "models")
+COUNTERS = ("n", "days", "single", "tool", "tool_result", "thinking", "logprobs", "cap_count",
+            "fast", "session", "mismatch", "cls_n", "cot", "sens")
+FLOATS = ("first_ts", "last_ts", "last_day", "cap_max", "temp_n", "temp_sum", "temp_sq",
+          "in_tok", "out_tok", "in_n", "out_n", "gap_sum", "gap_sq", "created_at",
+          "score", "next_check")
+HH_K = 8                      # templates tracked per account
+MAX_RELEASES = 16
+VERDICT_CODE = {"benign": 0, "suspicious": 1, "attack": 2}
+VERDICT_NAME = np.array(["benign", "suspicious", "attack"])
+KINDS = ("ip", "ip_prefix", "client", "payment", "email_domain", "signup_burst",
+         "system_prompt", "tool_schema", "template")
+_US = 1_000_000
+_DAY_US = 86400 * _US
+
+
+def _hll_estimate(reg: np.ndarray) -> np.ndarray:
+    """Cardinality estimates for rows of HyperLogLog registers (linear counting when small)."""
+    m = reg.shape[1]
+    alpha = 0.709 if m == 64 else 0.7213 / (1 + 1.079 / m)
+    est = alpha * m * m / np.power(2.0, -reg.astype(np.float64)).sum(axis=1)
+    zeros = (reg == 0).sum(axis=1)
+    with np.errstate(divide="ignore"):
+        lin = m * np.log(m / np.maximum(zeros, 1))
+    return np.where((est <= 2.5 * m) & (zeros > 0), lin, est)
+
+
+def _hll_parts(h: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    idx = (h & np.uint64(HLL_M - 1)).astype(np.int64)
+    w = h >> np.uint64(HLL_P)
+    bits = np.where(w > 0, np.floor(np.log2(np.maximum(w, 1).astype(np.float64))) + 1, 0)
+    rank = (64 - HLL_P) - bits + 1
+    return idx, rank.astype(np.uint8)
+
+
+def _entropy_rows(counts: np.ndarray, k: int) -> np.ndarray:
+    tot = counts.sum(axis=1, keepdims=True).astype(np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        p = counts / tot
+        ent = -np.where(p > 0, p * np.log(p), 0.0).sum(axis=1) / math.log(k)
+    return np.nan_to_num(ent)
+
+
+class OnlineDetector:
+    """Streaming distillation detector with the batch detector's features and scorer.
+
+    Parameters
+    ----------
+    signals_path, model_path : path or None
+        Signal file and fitted scorer (defaults: the shipped ones), as for ``detect``.
+    accounts : polars.DataFrame or None
+        Accounts table (``schema.ACCOUNT_SCHEMA``) for tier, verification, sign-up time.
+    releases : polars.DataFrame or None
+        Model releases (``schema.RELEASE_SCHEMA``) for the model-pivot signal.
+    grace : int
+        Exchanges before an account is scored at all (its verdict is ``benign`` until then).
+    rescore_factor : float
+        An account is rescored when its exchange count has grown by this factor.
+    max_prompts : int
+        Prompts classified per account before sampling thins out (about
+        ``max_prompts * (1 + ln(n / max_prompts))`` in all).
+    max_group : int
+        Accounts kept per shared value; beyond that a value is common and links nothing.
+    protect : bool
+        Accounts flagged ``attack`` stop feeding the shared-value indexes (River's
+        ``protect_anomaly_detector``), so they cannot dilute a value into "common".
+
+    Examples
+    --------
+    >>> det = OnlineDetector(grace=1)
+    >>> det.learn_one({"ts": "2025-01-01T00:00:00Z", "account_id": "a", "prompt": "hi"})
+    >>> det.score_one("a")["exchanges_seen"]
+    1
+    """
+
+    def __init__(self, *, signals_path=None, model_path=None, accounts=None, releases=None,
+                 grace: int = 20, rescore_factor: float = 1.5, max_prompts: int = 32,
+                 max_group: int = 30, min_size: int | None = None, protect: bool = True,
+                 seed: int = 0) -> None:
+        self.signals_path = signals_path
+        self.model_path = model_path
+        self.accounts = accounts
+        self.releases = releases
+        self.grace = grace
+        self.rescore_factor = rescore_factor
+        self.max_prompts = max_prompts
+        self.max_group = max_group
+        self.min_size = min_size
+        self.protect = protect
+        self.seed = seed
+
+    # -- lazy set-up -----------------------------------------------------------------------
+    def _init(self) -> None:
+        if hasattr(self, "n_accounts_"):
+            return
+        self.signals_ = load_signals(self.signals_path)
+        self.scorer_ = load_scorer(self.model_path, self.signals_)
+        self.classifier_ = load_default()
+        cfg = self.signals_.link
+        fam_of = {k: i for i, (_, ks) in enumerate(sorted(cfg.families.items())) for k in ks}
+        self.kind_family_ = np.array([fam_of.get(k, 7) for k in KINDS], dtype=np.int64)
+        self.min_families_ = int(cfg.min_families)
+        self.min_size_ = int(self.min_size or self.signals_.cluster.get("min_size", 3))
+        self.signup_us_ = int(cfg.signup_bucket_minutes) * 60 * _US
+        self._meta = {}
+        if self.accounts is not None and not self.accounts.is_empty():
+            a = self.accounts
+            self._meta = {r["account_id"]: r for r in a.iter_rows(named=True)}
+        rel = self.releases
+        self.releases_ = ([] if rel is None or rel.is_empty() else
+                          sorted((int(r[1].timestamp() * _US), r[0])
+                                 for r in rel.select("model", "released_at").iter_rows()
+                                 if r[1] is not None))[:MAX_RELEASES]
+        self.n_accounts_ = 0
+        self.ids_: list[str] = []
+        self.index_: dict[str, int] = {}
+        cap = 1024
+        self.c_ = {k: np.zeros(cap, np.int64) for k in COUNTERS}
+        self.f_ = {k: np.zeros(cap, np.float64) for k in FLOATS}
+        self.hour_ = np.zeros((cap, 24), np.uint32)
+        self.wday_ = np.zeros((cap, 7), np.uint32)
+        self.hll_ = np.zeros((len(HLL_KINDS), cap, HLL_M), np.uint8)
+        self.win_ = np.zeros((cap, MAX_RELEASES, 2), np.uint32)
+        self.task_ = np.zeros((cap, len(TASKS)), np.uint32)
+        self.hh_id_ = np.zeros((cap, HH_K), np.uint64)
+        self.hh_cnt_ = np.zeros((cap, HH_K), np.uint32)
+        self.meta_ = {"tier": np.zeros(cap, np.int8), "verified": np.zeros(cap, bool),
+                      "billing": np.zeros(cap, np.uint64)}
+        self.verdict_ = np.zeros(cap, np.int8)
+        self.parent_ = np.arange(cap, dtype=np.int64)
+        self.gkinds_ = np.zeros(cap, np.int64)        # link-kind bits per union-find root
+        self.reasons_: list[str] = []
+        self.tiers_: list[str] = ["unknown"]
+        self.vindex_: dict[int, list[int] | None] = {}
+        self.pairs_: dict[int, int] = {}
+        self.templates_: dict[int, list[int]] = {}    # tid -> [count, first account, n_acc]
+        self.members_: dict[int, list[int]] = {}
+        self.t0_ = None
+
+    def _grow(self, need: int) -> None:
+        cap = len(self.parent_)
+        if need <= cap:
+            return
+        new = max(need, cap * 2)
+
+        def g(a):
+            out = np.zeros((new,) + a.shape[1:], a.dtype)
+            out[:len(a)] = a
+            return out
+        self.c_ = {k: g(v) for k, v in self.c_.items()}
+        self.f_ = {k: g(v) for k, v in self.f_.items()}
+        self.meta_ = {k: g(v) for k, v in self.meta_.items()}
+        self.hour_, self.wday_ = g(self.hour_), g(self.wday_)
+        hll = np.zeros((len(HLL_KINDS), new, HLL_M), np.uint8)
+        hll[:, :cap] = self.hll_
+        self.hll_ = hll
+        self.win_, self.task_ = g(self.win_), g(self.task_)
+        self.hh_id_, self.hh_cnt_ = g(self.hh_id_), g(self.hh_cnt_)
+        self.verdict_ = g(self.verdict_)
+        parent = np.arange(new, dtype=np.int64)
+        parent[:cap] = self.parent_
+        self.parent_, self.gkinds_ = parent, g(self.gkinds_)
+
+    def _tier_code(self, tier) -> int:
+        t = tier or "unknown"
+        if t not in self.tiers_:
+            self.tiers_.append(t)
+        return self.tiers_.index(t)
+
+    def _add_accounts(self, ids: list[str], first_ts: np.ndarray, tiers=None) -> list[tuple]:
+        """Register new accounts; returns their account-level link incidences."""
+        start = self.n_accounts_
+        self._grow(start + len(ids))
+        inc = []
+        for j, aid in enumerate(ids):
+            i = start + j
+            self.index_[aid] = i
+            self.ids_.append(aid)
+            self.reasons_.append("")
+            m = self._meta.get(aid) or {}
+            tier = m.get("tier") or (tiers[j] if tiers is not None else None)
+            self.meta_["tier"][i] = self._tier_code(tier)
+            self.meta_["verified"][i] = bool(m.get("verified") or False)
+            bc = m.get("billing_country")
+            self.meta_["billing"][i] = _h(bc) if bc else 0
+            ca = m.get("created_at")
+            self.f_["created_at"][i] = ca.timestamp() * _US if ca is not None else np.nan
+            self.f_["next_check"][i] = self.grace
+            if m.get("payment_fingerprint"):
+                inc.append((i, 3, _h(m["payment_fingerprint"])))
+            if m.get("email_domain"):
+                inc.append((i, 4, _h(m["email_domain"])))
+            if ca is not None:
+                inc.append((i, 5, int(ca.timestamp() * _US) // self.signup_us_))
+        self.n_accounts_ += len(ids)
+        return inc
+
+    # -- learning --------------------------------------------------------------------------
+    def learn_one(self, event: dict) -> None:
+        """Update the state with one event (a contract record or a normalised event dict)."""
+        self.learn_many(events_from_dicts([event]))
+
+    def learn_many(self, events: pl.DataFrame) -> np.ndarray:
+        """Update the state with a time-ordered batch of normalised events.
+
+        Returns the account indices whose exchange count reached their next rescoring point.
+        """
+        self._init()
+        if events.is_empty():
+            return np.zeros(0, np.int64)
+        ev = events
+        aid = ev["account_id"]
+        known = aid.replace_strict(self.index_, default=-1, return_dtype=pl.Int64) \
+            if self.index_ else pl.Series(np.full(ev.height, -1, np.int64))
+        ts = ev["ts"].dt.epoch("us").to_numpy().astype(np.int64)
+        inc: list[tuple] = []
+        if (known == -1).any():
+            new = (pl.DataFrame({"a": aid, "k": known, "ts": ts}).filter(pl.col("k") == -1)
+                   .group_by("a", maintain_order=True).agg(pl.col("ts").first()))
+            tiers = None
+            if "tier" in ev.columns:
+                tiers = (pl.DataFrame({"a": aid, "t": ev["tier"]}).drop_nulls("t")
+                         .unique("a", keep="first"))
+                tiers = dict(zip(tiers["a"].to_list(), tiers["t"].to_list()))
+                tiers = [tiers.get(a) for a in new["a"].to_list()]
+            inc += self._add_accounts(new["a"].to_list(), new["ts"].to_numpy(), tiers)
+            known = aid.replace_strict(self.index_, return_dtype=pl.Int64)
+        acc = known.to_numpy()
+        if self.t0_ is None:
+            self.t0_ = int(ts.min())
+        # group by account keeping time order inside each group
+        order = np.argsort(acc, kind="stable")
+        a_s, ts_s = acc[order], ts[order]
+        u, start, cnt = np.unique(a_s, return_index=True, return_counts=True)
+        first = np.zeros(len(a_s), bool)
+        first[start] = True
+        pos = np.arange(len(a_s)) - np.repeat(start, cnt)          # position within group
+        C, F = self.c_, self.f_
+        n_before = C["n"][u]
+        seen_before = np.repeat(n_before > 0, cnt)
+        prev_ts = np.empty_like(ts_s)
+        prev_ts[1:] = ts_s[:-1]
+        prev_ts[first] = F["last_ts"][u].astype(np.int64)
+        has_gap = ~first | seen_before
+        gap = (ts_s - prev_ts) / _US
+        day = ts_s // _DAY_US
+        prev_day = np.empty_like(day)
+        prev_day[1:] = day[:-1]
+        prev_day[first] = F["last_day"][u].astype(np.int64)
+        new_day = (~first | seen_before) & (day != prev_day) | (first & ~seen_before)
+
+        def seg(x):  # per-account sums of a per-event array in sorted order
+            return np.add.reduceat(np.asarray(x, dtype=np.float64), start)
+
+        F["first_ts"][u] = np.where(n_before > 0, F["first_ts"][u], ts_s[start])
+        F["last_ts"][u] = ts_s[start + cnt - 1]
+        F["last_day"][u] = day[start + cnt - 1]
+        C["n"][u] += cnt
+        C["days"][u] += seg(new_day).astype(np.int64)
+        g = gap[has_gap]
+        gu = a_s[has_gap]
+        if len(g):
+            C["fast"] += np.bincount(gu, g < 2.0, minlength=len(C["n"])).astype(np.int64)
+            C["session"] += np.bincount(gu, g > 1800.0, minlength=len(C["n"])).astype(np.int64)
+            F["gap_sum"] += np.bincount(gu, g, minlength=len(C["n"]))
+            F["gap_sq"] += np.bincount(gu, g * g, minlength=len(C["n"]))
+        col = lambda c: ev[c].to_numpy()[order] if c in ev.columns else None  # noqa: E731
+        nut = ev["n_user_turns"].fill_null(1).to_numpy()[order]
+        C["single"][u] += seg(nut <= 1).astype(np.int64)
+        C["tool"][u] += seg(ev["tool_names"].list.len().fill_null(0).to_numpy()[order] > 0) \
+            .astype(np.int64)
+        C["tool_result"][u] += seg(ev["has_tool_results"].fill_null(False).to_numpy()[order]) \
+            .astype(np.int64)
+        C["thinking"][u] += seg(ev["thinking"].fill_null(0).to_numpy()[order] > 0).astype(np.int64)
+        C["logprobs"][u] += seg(ev["logprobs"].fill_null(0).to_numpy()[order] > 0).astype(np.int64)
+        # max_tokens at the account's cap: count of events equal to the running maximum
+        mt = ev["max_tokens"].fill_null(-1).to_numpy()[order].astype(np.float64)
+        bmax = np.maximum.reduceat(mt, start)
+        old = F["cap_max"][u]
+        newmax = np.maximum(old, bmax)
+        at = seg(mt == np.repeat(newmax, cnt))
+        C["cap_count"][u] = np.where(newmax > old, 0, C["cap_count"][u]) + at.astype(np.int64)
+        F["cap_max"][u] = newmax
+        tmp = ev["temperature"].to_numpy()[order]
+        ok = ~np.isnan(tmp.astype(np.float64))
+        F["temp_n"][u] += seg(ok)
+        F["temp_sum"][u] += seg(np.where(ok, tmp, 0.0))
+        F["temp_sq"][u] += seg(np.where(ok, tmp * tmp, 0.0))
+        for name, cname in (("in", "input_tokens"), ("out", "output_tokens")):
+            x = ev[cname].to_numpy()[order].astype(np.float64)
+            ok = ~np.isnan(x)
+            F[f"{name}_tok"][u] += seg(np.where(ok, x, 0.0))
+            F[f"{name}_n"][u] += seg(ok)
+        hours = (ts_s // (3600 * _US)) % 24
+        wd = ((ts_s // _DAY_US) + 3) % 7          # 1970-01-01 was a Thursday (Mon = 0)
+        np.add.at(self.hour_, (a_s, hours), 1)
+        np.add.at(self.wday_, (a_s, wd), 1)
+        # country mismatch against the billing country
+        ctry = ev["country"]
+        ch = ctry.hash(seed=0).to_numpy()[order]
+        bill = self.meta_["billing"][a_s]
+        C["mismatch"][u] += seg((bill != 0) & ctry.is_not_null().to_numpy()[order]
+                                & (ch != bill)).astype(np.int64)
+        # distinct counts: HyperLogLog registers
+        cexpr = pl.concat_str([pl.col("asn").cast(pl.String), pl.col("user_agent"),
+                               pl.col("tls_fingerprint")], separator="|", ignore_nulls=True)
+        client = ev.select(pl.when(cexpr.str.len_chars() > 0).then(cexpr).alias("c"))["c"]
+        cols = {"keys": ev["api_key_id"], "ips": ev["ip"], "prefixes": ev["ip_prefix"],
+                "asns": ev["asn"].cast(pl.String), "countries": ctry,
+                "clients": client, "models": ev["model"]}
+        hashes = {}
+        for k, name in enumerate(HLL_KINDS):
+            s = cols[name]
+            h = s.hash(seed=17).to_numpy()[order]
+            nn = s.is_not_null().to_numpy()[order]
+            hashes[name] = (h, nn)
+            idx, rank = _hll_parts(h[nn])
+            reg = self.hll_[k]
+            np.maximum.at(reg, (a_s[nn], idx), rank)
+        # model pivot: exchanges in the 24 h after each release, and those on the new model
+        if self.releases_:
+            model = ev["model"].to_numpy()[order]
+            for r, (rts, rmodel) in enumerate(self.releases_):
+                if rts <= self.t0_:
+                    continue
+                w = (ts_s >= rts) & (ts_s < rts + _DAY_US)
+                if w.any():
+                    np.add.at(self.win_[:, r, 0], a_s[w], 1)
+                    np.add.at(self.win_[:, r, 1], a_s[w & (model == rmodel)], 1)
+        # content: classify a bounded sample of prompts
+        n_at = np.repeat(n_before, cnt) + pos + 1
+        ph = ev["prompt"].hash(seed=self.seed).to_numpy()[order]
+        pick = ((C["cls_n"][a_s] + pos) < self.max_prompts) | (
+            (ph % np.maximum(n_at, 1).astype(np.uint64)) < np.uint64(self.max_prompts))
+        if pick.any():
+            self._learn_content(ev, order[pick], a_s[pick], ts_s[pick])
+        # shared-value incidences for online linking
+        ev_inc = [(0, hashes["ips"]), (1, hashes["prefixes"]), (2, hashes["clients"])]
+        for kind, (h, nn) in ev_inc:
+            inc_arr = np.unique(np.stack([a_s[nn].astype(np.uint64), h[nn]], axis=1), axis=0) \
+                if nn.any() else np.zeros((0, 2), np.uint64)
+            inc += [(int(a), kind, int(v)) for a, v in inc_arr]
+        for kind, cname in ((6, "system_hash"), (7, "tools_hash")):
+            s = ev[cname]
+            nn = s.is_not_null().to_numpy()[order]
+            if nn.any():
+                pairs = np.unique(np.stack([a_s[nn].astype(np.uint64),
+                                            s.to_numpy()[order][nn].astype(np.uint64)], 1), axis=0)
+                inc += [(int(a), kind, int(v)) for a, v in pairs]
+        if inc:
+            self._link(inc)
+        due = u[C["n"][u] >= F["next_check"][u]]
+        return due
+
+    def _learn_content(self, ev: pl.DataFrame, rows: np.ndarray, acc: np.ndarray,
+                       ts: np.ndarray) -> None:
+        sub = ev[rows]
+        uniq = sub.select("prompt", "system", "tool_names").with_row_index("_r")
+        key = uniq.select(pl.struct("prompt", "system", "tool_names").hash(seed=1))["prompt"]
+        u_df = pl.DataFrame({"k": key, "r": uniq["_r"]}).unique("k", keep="first",
+                                                                  maintain_order=True)
+        usub = sub[u_df["r"].to_numpy()]
+        pred = predict_tasks(usub.with_columns(pl.col("prompt").fill_null("")),
+                             self.classifier_)
+        lut = pl.DataFrame({"k": u_df["k"], "task": pred["task"], "cot": pred["cot_score"],
+                            "sens": pred["sensitive_score"]})
+        got = pl.DataFrame({"k": key}).join(lut, on="k", how="left", maintain_order="left")
+        tix = got["task"].replace_strict({t: i for i, t in enumerate(TASKS)},
+                                         default=len(TASKS) - 1,
+                                         return_dtype=pl.Int64).to_numpy()
+        np.add.at(self.task_, (acc, tix), 1)
+        np.add.at(self.c_["cls_n"], acc, 1)
+        np.add.at(self.c_["cot"], acc, (got["cot"].to_numpy() > 0.5).astype(np.int64))
+        np.add.at(self.c_["sens"], acc, (got["sens"].to_numpy() > 0.5).astype(np.int64))
+        tids = normalize_prompts(sub["prompt"]).hash(seed=3).to_numpy()
+        inc = []
+        for a, t in zip(acc.tolist(), tids.tolist()):
+            self._hh_add(a, t)
+            rec = self.templates_.get(t)
+            if rec is None:
+                self.templates_[t] = [1, a, 1]
+            else:
+                rec[0] += 1
+                if rec[2] == 1 and rec[1] != a:
+                    rec[2] = 2
+            inc.append((a, 8, t))
+        self._link(list(set(inc)))
+
+    def _hh_add(self, a: int, t: int) -> None:
+        """Misra-Gries heavy hitters of the account's templates (HH_K counters)."""
+        ids, cnt = self.hh_id_[a], self.hh_cnt_[a]
+        hit = np.flatnonzero((ids == np.uint64(t)) & (cnt > 0))
+        if len(hit):
+            cnt[hit[0]] += 1
+            return
+        free = np.flatnonzero(cnt == 0)
+        if len(free):
+            ids[free[0]], cnt[free[0]] = t, 1
+        else:
+            cnt -= 1
+
+    # -- linking ---------------------------------------------------------------------------
+    def _find(self, x: int) -> int:
+        p = self.parent_
+        root = x
+        while p[root] != root:
+            root = p[root]
+        while p[x] != root:
+            p[x], x = root, p[x]
+        return int(root)
+
+    def _link(self, inc: list[tuple]) -> None:
+        fam = self.kind_family_
+        vindex, pairs = self.vindex_, self.pairs_
+        protected = self.verdict_ if self.protect else None
+        for a, kind, value in inc:
+            if protected is not None and protected[a] == 2:
+                continue
+            key = (kind << 58) ^ (value & ((1 << 58) - 1))
+            lst = vindex.get(key, 0)
+            if lst is None:
+                continue
+            if lst == 0:
+                vindex[key] = [a]
+                continue
+            if a in lst:
+                continue
+            if len(lst) >= self.max_group:
+                vindex[key] = None
+                continue
+            bit = 1 << int(fam[kind])
+            for b in lst:
+                pk = (min(a, b) << 32) | max(a, b)
+                bits = pairs.get(pk, 0) | bit
+                pairs[pk] = bits
+                if bin(bits).count("1") >= self.min_families_:
+                    self._union(a, b, 1 << kind)
+            lst.append(a)
+
+    def _union(self, a: int, b: int, kind_bit: int) -> None:
+        ra, rb = self._find(a), self._find(b)
+        if ra == rb:
+            self.gkinds_[ra] |= kind_bit
+            return
+        ma = self.members_.pop(ra, None) or [ra]
+        mb = self.members_.pop(rb, None) or [rb]
+        if len(ma) < len(mb):
+            ra, rb, ma, mb = rb, ra, mb, ma
+        self.parent_[rb] = ra
+        self.gkinds_[ra] |= self.gkinds_[rb] | kind_bit
+        ma.extend(mb)
+        self.members_[ra] = ma
+        if len(ma) >= self.min_size_:
+            # a new or grown cluster: its members are rescored at the next round
+            self.f_["next_check"][np.array(ma)] = np.minimum(
+                self.f_["next_check"][np.array(ma)], self.grace)
+
+    def groups(self) -> dict[int, list[int]]:
+        """Live clusters: union-find root -> member indices (groups of ``min_size`` or more)."""
+        return {r: m for r, m in self.members_.items() if len(m) >= self.min_size_}
+
+    # -- features and scoring --------------------------------------------------------------
+    def features(self, idx: np.ndarray) -> pl.DataFrame:
+        """Batch feature columns (fingerprint + content) for account indices ``idx``."""
+        self._init()
+        idx = np.asarray(idx, dtype=np.int64)
+        C = {k: v[idx].astype(np.float64) for k, v in self.c_.items()}
+        F = {k: v[idx] for k, v in self.f_.items()}
+        n = np.maximum(C["n"], 1)
+        days = np.maximum(C["days"], 1)
+        ngap = np.maximum(C["n"] - 1, 0)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            gmean = F["gap_sum"] / ngap
+            gvar = (F["gap_sq"] - ngap * gmean ** 2) / np.maximum(ngap - 1, 1)
+            gap_cv = np.nan_to_num(np.sqrt(np.maximum(gvar, 0)) / gmean)
+            tmean = F["temp_sum"] / F["temp_n"]
+            tvar = (F["temp_sq"] - F["temp_n"] * tmean ** 2) / (F["temp_n"] - 1)
+            tstd = np.where(F["temp_n"] > 1, np.sqrt(np.maximum(tvar, 0)), 0.0)
+            out_in = np.nan_to_num(F["out_tok"] / F["in_tok"], posinf=0.0)
+        est = {name: np.round(_hll_estimate(self.hll_[k][idx]))
+               for k, name in enumerate(HLL_KINDS)}
+        hour = self.hour_[idx].astype(np.float64)
+        win = self.win_[idx].astype(np.float64)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            shares = np.where(win[:, :, 0] > 0, win[:, :, 1] / win[:, :, 0], np.nan)
+        pivot = np.nan_to_num(np.nanmax(np.where(np.isnan(shares), -1, shares), axis=1),
+                              nan=0.0).clip(min=0.0)
+        tiers = np.array(self.tiers_, dtype=object)[self.meta_["tier"][idx]]
+        cls = np.maximum(C["cls_n"], 1)
+        task = self.task_[idx].astype(np.float64) / cls[:, None]
+        valuable = task[:, [TASKS.index(t) for t in VALUABLE_TASKS]].sum(axis=1)
+        reuse, shared = self._template_shares(idx, cls)
+        per_day = C["n"] / days
+        cols = {
+            "account_id": pl.Series([self.ids_[i] for i in idx], dtype=pl.String),
+            "n_exchanges": C["n"].astype(np.int64), "active_days": C["days"].astype(np.int64),
+            "per_day": per_day,
+            "per_day_tier_pct": self._tier_pct(idx, per_day),
+            "span_days": (F["last_ts"] - F["first_ts"]) / _DAY_US,
+            "hour_entropy": _entropy_rows(hour, 24),
+            "weekday_entropy": _entropy_rows(self.wday_[idx].astype(np.float64), 7),
+            "active_hours": ((hour / np.maximum(hour.sum(1, keepdims=True), 1)) >= 0.02).sum(1),
+            "gap_cv": gap_cv, "median_gap_s": np.nan_to_num(gmean),
+            "fast_gap_share": np.where(ngap > 0, C["fast"] / np.maximum(ngap, 1), 0.0),
+            "session_gap_share": np.where(ngap > 0, C["session"] / np.maximum(ngap, 1), 0.0),
+            "single_turn_share": C["single"] / n, "tool_share": C["tool"] / n,
+            "tool_result_share": C["tool_result"] / n,
+            "max_tokens_cap_share": np.where(F["cap_max"] >= 4096, C["cap_count"] / n, 0.0),
+            "thinking_share": C["thinking"] / n, "logprobs_share": C["logprobs"] / n,
+            "temperature_std": tstd, "out_in_ratio": out_in,
+            "mean_input_tokens": np.where(F["in_n"] > 0, F["in_tok"] / np.maximum(F["in_n"], 1),
+                                          np.nan),
+            "mean_output_tokens": np.where(F["out_n"] > 0,
+                                           F["out_tok"] / np.maximum(F["out_n"], 1), np.nan),
+            "n_keys": est["keys"], "n_ips": est["ips"], "n_prefixes": est["prefixes"],
+            "n_asns": est["asns"], "n_countries": est["countries"],
+            "n_clients": est["clients"], "n_models": est["models"],
+            "keys_per_100": 100.0 * est["keys"] / n, "ips_per_100": 100.0 * est["ips"] / n,
+            "pivot_share": pivot, "pivot_window_n": win[:, :, 0].max(axis=1),
+            "tier": pl.Series(tiers.tolist(), dtype=pl.String),
+            "risky_tier": np.isin(tiers, LIGHTLY_VERIFIED_TIERS).astype(np.float64),
+            "verified": self.meta_["verified"][idx],
+            "age_days_at_first_use": (F["first_ts"] - F["created_at"]) / _DAY_US,
+            "country_mismatch_share": C["mismatch"] / n,
+            "cot_share": C["cot"] / cls, "sensitive_share": C["sens"] / cls,
+            "valuable_share": valuable, "top_task_share": task.max(axis=1),
+            "task_entropy": _entropy_rows(task, len(TASKS)),
+            "template_reuse_share": reuse, "shared_template_share": shared,
+            **{f"share_{t}": task[:, i] for i, t in enumerate(TASKS)},
+        }
+        df = pl.DataFrame(cols)
+        # account fields the batch cluster features read
+        meta = [self._meta.get(a) or {} for a in df["account_id"].to_list()]
+        return df.with_columns(
+            payment_fingerprint=pl.Series([m.get("payment_fingerprint") for m in meta],
+                                          dtype=pl.String),
+            email_domain=pl.Series([m.get("email_domain") for m in meta], dtype=pl.String),
+        )
+
+    def _template_shares(self, idx, cls) -> tuple[np.ndarray, np.ndarray]:
+        ids, cnt = self.hh_id_[idx], self.hh_cnt_[idx].astype(np.float64)
+        tpl = self.templates_
+        flat = ids.ravel().tolist()
+        big = np.array([(tpl.get(t) or (0, 0, 0))[0] >= 5 for t in flat]).reshape(ids.shape)
+        shr = np.array([(tpl.get(t) or (0, 0, 0))[2] >= 2 for t in flat]).reshape(ids.shape)
+        return ((cnt * big).sum(1) / cls).clip(0, 1), ((cnt * shr).sum(1) / cls).clip(0, 1)
+
+    def _tier_pct(self, idx, per_day) -> np.ndarray:
+        """Percentile of per-day volume within the tier, among all accounts seen so far."""
+        n = self.n_accounts_
+        all_pd = self.c_["n"][:n] / np.maximum(self.c_["days"][:n], 1)
+        tiers = self.meta_["tier"][:n]
+        out = np.zeros(len(idx))
+        t_idx = self.meta_["tier"][idx]
+        for t in np.unique(t_idx):
+            pop = np.sort(all_pd[tiers == t])
+            sel = t_idx == t
+            lo = np.searchsorted(pop, per_day[sel], "left")
+            hi = np.searchsorted(pop, per_day[sel], "right")
+            out[sel] = (lo + (hi - lo + 1) / 2.0) / max(len(pop), 1)
+        return out
+
+    def _cluster_frame(self, idx: np.ndarray) -> tuple[pl.DataFrame, np.ndarray]:
+        """Features of ``idx`` plus their live clusters' members, with ``c_*`` attached."""
+        groups = self.groups()
+        roots = np.array([self._find(int(i)) for i in idx], dtype=np.int64)
+        in_grp = sorted({int(r) for r in roots if int(r) in groups})
+        extra = [m for r in in_grp for m in groups[r]]
+        allidx = np.unique(np.concatenate([idx, np.array(extra, dtype=np.int64)]))
+        feats = self.features(allidx)
+        mem_idx = np.array(extra, dtype=np.int64)
+        membership = pl.DataFrame({
+            "account_id": pl.Series([self.ids_[i] for i in mem_idx], dtype=pl.String),
+            "cluster_id": pl.Series([self.cluster_name(r) for r in in_grp
+                                     for _ in groups[r]], dtype=pl.String)})
+        cf = cluster_features(feats, membership, pl.DataFrame(), None)
+        if not membership.is_empty():
+            kinds = pl.DataFrame({
+                "cluster_id": [self.cluster_name(r) for r in in_grp],
+                "mean_edge_kinds": [float(bin(int(self.gkinds_[r])).count("1"))
+                                    for r in in_grp],
+                "shared_template_share": [self._group_template_share(groups[r])
+                                          for r in in_grp]})
+            cf = cf.join(kinds, on="cluster_id", how="left")
+        feats = attach_cluster_features(feats, membership, cf)
+        return feats, allidx
+
+    def _group_template_share(self, members: list[int]) -> float:
+        m = np.array(members)
+        ids, cnt = self.hh_id_[m].ravel(), self.hh_cnt_[m].ravel()
+        acc = np.repeat(m, HH_K)
+        keep = cnt > 0
+        if not keep.any():
+            return 0.0
+        df = pl.DataFrame({"a": acc[keep], "t": ids[keep], "c": cnt[keep].astype(np.int64)})
+        per_t = df.group_by("t").agg(n_acc=pl.col("a").n_unique(), n=pl.col("c").sum())
+        tot = per_t["n"].sum()
+        return float(per_t.filter(pl.col("n_acc") >= 2)["n"].sum() / tot) if tot else 0.0
+
+    def cluster_name(self, root: int) -> str:
+        """Live cluster id: ``L`` + the lowest account index of the group (stable on merge)."""
+        return f"L{min(self.members_.get(int(root), [int(root)])):07d}"
+
+    def score_many(self, idx: np.ndarray) -> pl.DataFrame:
+        """Score accounts ``idx`` through the batch scorer; updates their stored verdicts.
+
+        Returns ``account_id, idx, score, verdict, reasons, cluster_id, exchanges_seen``.
+        """
+        self._init()
+        idx = np.unique(np.asarray(idx, dtype=np.int64))
+        if len(idx) == 0:
+            return pl.DataFrame(schema={"account_id": pl.String, "idx": pl.Int64,
+                                        "score": pl.Float64, "verdict": pl.String,
+                                        "reasons": pl.String, "cluster_id": pl.String,
+                                        "exchanges_seen": pl.Int64})
+        feats, allidx = self._cluster_frame(idx)
+        sel = np.isin(allidx, idx)
+        feats = feats.filter(pl.Series(sel))
+        res = self.scorer_.run(feats)
+        score = np.round(res.score, 6)
+        self.f_["score"][idx] = score
+        self.verdict_[idx] = np.array([VERDICT_CODE[v] for v in res.verdict], dtype=np.int8)
+        for i, r in zip(idx.tolist(), res.reasons):
+            self.reasons_[i] = r
+        n = self.c_["n"][idx]
+        self.f_["next_check"][idx] = np.maximum(n + 1, np.ceil(n * self.rescore_factor))
+        return pl.DataFrame({
+            "account_id": feats["account_id"], "idx": idx, "score": score,
+            "verdict": pl.Series(res.verdict, dtype=pl.String),
+            "reasons": pl.Series(res.reasons, dtype=pl.String),
+            "cluster_id": feats["cluster_id"], "exchanges_seen": n.astype(np.int64)})
+
+    def score_one(self, account_id: str) -> dict:
+        """Score one account now: ``{account_id, score, verdict, reasons, cluster_id, ...}``."""
+        self._init()
+        i = self.index_.get(account_id)
+        if i is None:
+            return {"account_id": account_id, "score": 0.0, "verdict": "benign", "reasons": "",
+                    "cluster_id": None, "exchanges_seen": 0}
+        row = self.score_many(np.array([i])).row(0, named=True)
+        row.pop("idx")
+        return row
+
+    def state_of(self, account_id: str) -> dict:
+        """Last stored verdict of an account without rescoring (O(1), for the decision path)."""
+        self._init()
+        i = self.index_.get(account_id)
+        if i is None:
+            return {"account_id": account_id, "score": 0.0, "verdict": "benign", "reasons": "",
+                    "cluster_id": None, "exchanges_seen": 0, "tier": None}
+        r = self._find(i)
+        grp = self.members_.get(r)
+        return {"account_id": account_id, "score": float(self.f_["score"][i]),
+                "verdict": str(VERDICT_NAME[self.verdict_[i]]), "reasons": self.reasons_[i],
+                "cluster_id": (self.cluster_name(r) if grp and len(grp) >= self.min_size_
+                               else None),
+                "exchanges_seen": int(self.c_["n"][i]),
+                "tier": self.tiers_[self.meta_["tier"][i]]}
+
+    def score_all(self) -> pl.DataFrame:
+        """Score every account seen (the end-of-replay state)."""
+        self._init()
+        return self.score_many(np.arange(self.n_accounts_))
+
+    # -- memory and persistence ------------------------------------------------------------
+    def _memory_usage(self) -> dict:
+        """Bytes of per-account state (allocated rows) and of the shared indexes."""
+        n = max(self.n_accounts_, 1)
+        arrays = (list(self.c_.values()) + list(self.f_.values()) + list(self.meta_.values())
+                  + [self.hour_, self.wday_, self.hll_, self.win_, self.task_, self.hh_id_,
+                     self.hh_cnt_, self.verdict_, self.parent_, self.gkinds_])
+        per_row = sum(a.nbytes // (a.shape[1] if a is self.hll_ else a.shape[0])
+                      for a in arrays)
+        ids = sum(len(s) + 49 for s in self.ids_) / n + 8 + 64   # str objects + dict slot
+        shared = (sum(8 + (len(v) * 8 + 56 if v else 0) for v in self.vindex_.values())
+                  + len(self.pairs_) * 80 + len(self.templates_) * 120)
+        return {"per_account_bytes": per_row + ids, "shared_index_bytes": shared,
+                "shared_per_account_bytes": shared / n, "accounts": self.n_accounts_}
+
+    def to_bytes(self) -> bytes:
+        """Serialise the learned state (numpy ``.npz``, no pickle)."""
+        self._init()
+        n = self.n_accounts_
+        arr = {f"c_{k}": v[:n] for k, v in self.c_.items()}
+        arr |= {f"f_{k}": v[:n] for k, v in self.f_.items()}
+        arr |= {f"m_{k}": v[:n] for k, v in self.meta_.items()}
+        arr |= {"hour": self.hour_[:n], "wday": self.wday_[:n], "hll": self.hll_[:, :n],
+                "win": self.win_[:n], "task": self.task_[:n], "hh_id": self.hh_id_[:n],
+                "hh_cnt": self.hh_cnt_[:n], "verdict": self.verdict_[:n],
+                "parent": self.parent_[:n], "gkinds": self.gkinds_[:n],
+                "ids": np.array(self.ids_, dtype=str), "reasons": np.array(self.reasons_,
+                                                                           dtype=str),
+                "tiers": np.array(self.tiers_, dtype=str),
+                "t0": np.array([-1 if self.t0_ is None else self.t0_], np.int64)}
+        vk = np.array(list(self.vindex_.keys()), dtype=np.uint64)
+        vl = [v for v in self.vindex_.values()]
+        arr["v_keys"] = vk
+        arr["v_len"] = np.array([-1 if v is None else len(v) for v in vl], np.int64)
+        arr["v_flat"] = np.array([a for v in vl if v for a in v], np.int64)
+        arr["p_keys"] = np.array(list(self.pairs_.keys()), np.uint64)
+        arr["p_vals"] = np.array(list(self.pairs_.values()), np.int64)
+        arr["t_keys"] = np.array(list(self.templates_.keys()), np.uint64)
+        arr["t_vals"] = np.array(list(self.templates_.values()), np.int64).reshape(-1, 3)
+        buf = io.BytesIO()
+        np.savez(buf, **arr)
+        return buf.getvalue()
+
+    def load_bytes(self, data: bytes) -> "OnlineDetector":
+        """Restore a state written by :meth:`to_bytes` (same parameters expected)."""
+        for k in [k for k in vars(self) if k.endswith("_") and not k.startswith("_")]:
+            delattr(self, k)
+        self._init()
+        z = np.load(io.BytesIO(data), allow_pickle=False)
+        n = len(z["ids"])
+        self._grow(n)
+        for k in self.c_:
+            self.c_[k][:n] = z[f"c_{k}"]
+        for k in self.f_:
+            self.f_[k][:n] = z[f"f_{k}"]
+        for k in self.meta_:
+            self.meta_[k][:n] = z[f"m_{k}"]
+        for name in ("hour", "wday", "win", "task", "hh_id", "hh_cnt", "verdict", "parent",
+                     "gkinds"):
+            getattr(self, name + "_")[:n] = z[name]
+        self.hll_[:, :n] = z["hll"]
+        self.ids_ = z["ids"].tolist()
+        self.index_ = {a: i for i, a in enumerate(self.ids_)}
+        self.reasons_ = z["reasons"].tolist()
+        self.tiers_ = z["tiers"].tolist()
+        self.n_accounts_ = n
+        t0 = int(z["t0"][0])
+        self.t0_ = None if t0 == -1 else t0
+        flat, off = z["v_flat"].tolist(), 0
+        self.vindex_ = {}
+        for k, ln in zip(z["v_keys"].tolist(), z["v_len"].tolist()):
+            if ln < 0:
+                self.vindex_[k] = None
+            else:
+                self.vindex_[k] = flat[off:off + ln]
+                off += ln
+        self.pairs_ = dict(zip(z["p_keys"].tolist(), z["p_vals"].tolist()))
+        self.templates_ = {k: list(v) for k, v in zip(z["t_keys"].tolist(),
+                                                      z["t_vals"].tolist())}
+        members: dict[int, list[int]] = {}
+        for i in range(n):
+            members.setdefault(self._find(i), []).append(i)
+        self.members_ = {r: m for r, m in members.items() if len(m) > 1}
+        return self
+
+
+def _h(s: str) -> int:
+    return int(pl.Series([s]).hash(seed=0)[0])
+
+
+def events_from_dicts(records: list[dict]) -> pl.DataFrame:
+    """Normalise contract records (or already-normalised dicts) into an EVENT_SCHEMA frame."""
+    from .normalize import normalize_records
+
+    return normalize_records(records)
+
+
+__all__ = ["OnlineDetector", "events_from_dicts", "EVENT_SCHEMA", "conform"]

@@ -244,6 +244,41 @@ def policy_lint(file):
     click.echo(f"ok ({len(issues)} warning{'s' if len(issues) != 1 else ''})")
 
 
+@cli.command()
+@_log_paths
+@_accounts_opt
+@_releases_opt
+@_skip_opt
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Output directory.")
+@click.option("--policy", "policy_path", type=click.Path(path_type=Path), default=None,
+              help="Enforcement policy YAML (default: the shipped one).")
+@click.option("--model", "model_path", type=click.Path(path_type=Path), default=None,
+              help="Fitted model file (default: the one shipped with the package).")
+@click.option("--checkpoint", type=click.Path(path_type=Path), default=None,
+              help="SQLite checkpoint file (default: OUT/checkpoint.sqlite); a rerun resumes.")
+@click.option("--chunk-size", type=click.IntRange(1), default=20000, show_default=True,
+              help="Events per learning step (alerts are decided at chunk ends).")
+@click.option("--checkpoint-every", type=click.IntRange(1), default=10, show_default=True,
+              help="Chunks between checkpoints.")
+@_quiet_opt
+def stream(paths, accounts, releases, skip_invalid, out, policy_path, model_path, checkpoint,
+           chunk_size, checkpoint_every, quiet):
+    """Replay logs in time order through the online detector: alerts.jsonl + accounts.csv.
+
+    \b
+    Example:
+      distillguard stream sim/events --accounts sim/accounts.csv \\
+          --releases sim/releases.csv --out live/
+    """
+    from .stream.replay import replay
+
+    result = replay(list(paths), out=out, accounts=accounts, releases=releases,
+                    skip_invalid=skip_invalid, policy_path=policy_path, model_path=model_path,
+                    checkpoint=checkpoint, chunk_size=chunk_size,
+                    checkpoint_every=checkpoint_every, progress=_progress_enabled(quiet))
+    click.echo(result.summary())
+
+
 def main() -> None:
     cli(prog_name="distillguard")
 

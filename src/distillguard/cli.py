@@ -130,9 +130,12 @@ def simulate(scenario, scale, seed, out, fmt, list_, quiet):
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Output directory.")
 @click.option("--model", "model_path", type=click.Path(path_type=Path), default=None,
               help="Fitted model file (default: the one shipped with the package).")
+@click.option("--allowlist", type=click.Path(path_type=Path), default=None,
+              help="CSV with account_id: customers allowed to generate training data "
+                   "(scored, never given verdict attack).")
 @_quiet_opt
 def detect(paths, accounts, releases, skip_invalid, log_format, account_from, ts_from, out,
-           model_path, quiet):
+           model_path, allowlist, quiet):
     """Detect distillation campaigns: writes accounts.csv, clusters.json, report.html.
 
     \b
@@ -145,7 +148,7 @@ def detect(paths, accounts, releases, skip_invalid, log_format, account_from, ts
     result = run_detect(list(paths), accounts=accounts, releases=releases, out=out,
                         skip_invalid=skip_invalid, model_path=model_path,
                         format=log_format, account_from=account_from, ts_from=ts_from,
-                        progress=_progress_enabled(quiet))
+                        allowlist=allowlist, progress=_progress_enabled(quiet))
     click.echo(result.summary())
 
 
@@ -277,6 +280,55 @@ def stream(paths, accounts, releases, skip_invalid, out, policy_path, model_path
                     checkpoint=checkpoint, chunk_size=chunk_size,
                     checkpoint_every=checkpoint_every, progress=_progress_enabled(quiet))
     click.echo(result.summary())
+
+
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
+@click.option("--port", type=int, default=8787, show_default=True)
+@click.option("--policy", "policy_path", type=click.Path(path_type=Path), default=None,
+              help="Enforcement policy YAML (default: the shipped one).")
+@click.option("--accounts", type=click.Path(path_type=Path), default=None,
+              help="Accounts table (tier, verification, payment) for the online state.")
+@click.option("--token-env", default="DISTILLGUARD_TOKEN", show_default=True,
+              help="Environment variable holding the bearer token clients must send.")
+@click.option("--no-auth", is_flag=True, help="Serve without a bearer token (loopback only).")
+@click.option("--decision-log", type=click.Path(path_type=Path), default=None,
+              help="Append every decision as a JSON line to this file.")
+@click.option("--max-body-bytes", type=click.IntRange(1), default=256 * 1024,
+              show_default=True)
+def serve(host, port, policy_path, accounts, token_env, no_auth, decision_log, max_body_bytes):
+    """Run the decision service: POST /v1/decide, /healthz, /metrics, /openapi.json.
+
+    \b
+    Example:
+      DISTILLGUARD_TOKEN=... distillguard serve --port 8787 --decision-log decisions.jsonl
+    """
+    import os
+
+    import uvicorn
+
+    from .act import load_policy
+    from .errors import ConfigError
+    from .serve import DecisionEngine
+    from .serve.app import create_app
+    from .stream import OnlineDetector
+
+    token = os.environ.get(token_env)
+    if not token and not no_auth:
+        raise ConfigError(f"set {token_env} to a bearer token, or pass --no-auth")
+    if no_auth and host not in ("127.0.0.1", "::1", "localhost"):
+        raise ConfigError("--no-auth is only allowed on a loopback address")
+    acc = None
+    if accounts is not None:
+        from .read import read_accounts
+
+        acc = read_accounts(accounts)
+    engine = DecisionEngine(policy=load_policy(policy_path),
+                            detector=OnlineDetector(accounts=acc),
+                            decision_log=str(decision_log) if decision_log else None)
+    uvicorn.run(create_app(engine, token=None if no_auth else token,
+                           max_body_bytes=max_body_bytes),
+                host=host, port=port, log_level="warning")
 
 
 def main() -> None:

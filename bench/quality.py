@@ -91,7 +91,9 @@ def run_one(run: Run, work: Path, *, scale: float, baselines: bool, model: Path 
             raise RuntimeError(f"simulate wrote no events/truth in {sim}")
         accounts = _first(sim, ("accounts.csv", "accounts.parquet", "accounts.jsonl"))
         releases = _first(sim, ("releases.csv",))
+        allowlist = _first(sim, ("allowlist.csv",))
         cmd = [*_cli(), "detect", str(events), "--out", str(det), "--quiet"]
+        cmd += ["--allowlist", str(allowlist)] if allowlist else []
         cmd += ["--accounts", str(accounts)] if accounts else []
         cmd += ["--releases", str(releases)] if releases else []
         cmd += ["--model", str(model)] if model else []
@@ -195,9 +197,9 @@ def _names(s: str) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--train-seeds", type=_ints, default=[0, 1, 2],
-                   help="seeds the shipped model was fitted on (default 0,1,2)")
-    p.add_argument("--heldout-seeds", type=_ints, default=[100, 101, 102])
+    p.add_argument("--train-seeds", type=_ints, default=[1, 2, 3],
+                   help="seeds the shipped model was fitted on (default 1,2,3: tools/fit_scorer.py)")
+    p.add_argument("--heldout-seeds", type=_ints, default=[1001, 1002, 1003])
     p.add_argument("--train-scenarios", type=_names, default=["demo"])
     p.add_argument("--heldout-scenarios", type=_names,
                    default=["demo", "variant-stealth", "variant-shifted"])

@@ -124,6 +124,21 @@ def attach_cluster_features(feats: pl.DataFrame, membership: pl.DataFrame,
     ).with_columns(pl.col(CLUSTER_PREFIX + "size").replace(0.0, 1.0))
 
 
+def read_allowlist(path: Path) -> set[str]:
+    """Account ids from a CSV with an ``account_id`` column."""
+    from .errors import InputError
+
+    try:
+        df = pl.read_csv(path, infer_schema=False)
+    except (OSError, pl.exceptions.PolarsError) as err:
+        raise InputError(f"cannot read allow-list: {err}".splitlines()[0], path=str(path)) \
+            from None
+    if "account_id" not in df.columns:
+        raise InputError("allow-list needs an 'account_id' column", path=str(path), row=1,
+                         field="account_id")
+    return set(df["account_id"].drop_nulls().to_list())
+
+
 def load_scorer(model_path: Path | None, signals: SignalSet) -> Scorer:
     """The fitted model file if usable; rules mode when the default one is absent."""
     if model_path is not None:
@@ -138,11 +153,14 @@ def detect(paths: list, *, accounts=None, releases=None, out: Path, skip_invalid
            model_path: Path | None = None, signals_path: Path | None = None,
            max_prompts: int = 64, progress: bool = False, seed: int = 0,
            format: str = "auto", account_from: str | None = None,
-           ts_from: str | None = None) -> DetectResult:
+           ts_from: str | None = None, allowlist: Path | None = None) -> DetectResult:
     """Run the batch pipeline and write accounts.csv, clusters.json and report.html.
 
     ``format`` / ``account_from`` / ``ts_from`` select and complete the input format (see
     ``docs/formats``); the default ``auto`` recognises each file by its content.
+    ``allowlist``: CSV with an ``account_id`` column — customers with written permission to
+    generate training data; they keep their score but get verdict ``benign`` and the reason
+    ``allowlisted``.
     """
     from .explain import render_report
     from .outputs import build_clusters_json, write_accounts_csv
@@ -150,6 +168,7 @@ def detect(paths: list, *, accounts=None, releases=None, out: Path, skip_invalid
     started = time.perf_counter()
     out = Path(out)
     signals = load_signals(signals_path)
+    allowed = read_allowlist(allowlist) if allowlist is not None else set()
     scorer = load_scorer(model_path, signals)
     out.mkdir(parents=True, exist_ok=True)
     with read_log(paths, accounts=accounts, releases=releases, skip_invalid=skip_invalid,
@@ -162,6 +181,15 @@ def detect(paths: list, *, accounts=None, releases=None, out: Path, skip_invalid
             verdict=pl.Series(scored.verdict, dtype=pl.String),
             reasons=pl.Series(scored.reasons, dtype=pl.String),
         )
+        if allowed:
+            listed = pl.col("account_id").is_in(list(allowed))
+            acc = acc.with_columns(
+                verdict=pl.when(listed).then(pl.lit("benign")).otherwise("verdict"),
+                reasons=pl.when(listed).then(pl.concat_str([pl.lit("allowlisted"),
+                                                            pl.col("reasons")],
+                                                           separator=";", ignore_nulls=True)
+                                             .str.strip_chars(";"))
+                .otherwise("reasons"))
         clusters = build_clusters_json(acc, f, log, scorer)
         # accounts known only from the accounts table (no traffic) are listed too
         dormant = (log.accounts.join(acc.select("account_id"), on="account_id", how="anti")

@@ -8,6 +8,7 @@ row per account. The streaming path computes the same features from the same exp
 Feature families (names are the column names of the result):
 
 - volume: ``n_exchanges``, ``active_days``, ``per_day`` (exchanges per active day),
+  ``active_day_share`` (active days / calendar days between first and last use),
   ``per_day_tier_pct`` (percentile of ``per_day`` within the account's tier)
 - timing: ``hour_entropy`` / ``weekday_entropy`` (normalised 0..1), ``active_hours`` (hours of
   day with ≥ 2% of traffic), ``gap_cv`` (inter-arrival coefficient of variation),
@@ -73,6 +74,8 @@ def volume_timing_shape(events: pl.LazyFrame) -> pl.LazyFrame:
     ).with_columns(
         span_days=((pl.col("last_ts") - pl.col("first_ts")).dt.total_seconds() / 86400.0),
         per_day=pl.col("n_exchanges") / pl.col("active_days"),
+        active_day_share=pl.col("active_days")
+        / ((pl.col("last_ts").dt.date() - pl.col("first_ts").dt.date()).dt.total_days() + 1),
         out_in_ratio=(pl.col("out_tokens") / pl.col("in_tokens")).fill_nan(None).fill_null(0.0),
         keys_per_100=100.0 * pl.col("n_keys") / pl.col("n_exchanges"),
         ips_per_100=100.0 * pl.col("n_ips") / pl.col("n_exchanges"),

@@ -58,6 +58,10 @@ class Scorer:
         Inverse L2 regularisation of the logistic regression.
     max_reasons : int
         Number of signals named in ``reasons``.
+    solo_max_verdict : str
+        The strongest verdict an account gets with no coordination evidence (no cluster, no
+        link to another account). The look-alikes that must not be blocked — an evaluation
+        company, a coding product, a researcher — are single accounts; campaigns are many.
 
     Examples
     --------
@@ -68,12 +72,13 @@ class Scorer:
 
     def __init__(self, *, signals: SignalSet | None = None, target_fpr: float = 0.001,
                  suspicious_fpr: float = 0.01, C: float = 1.0, max_reasons: int = 5,
-                 seed: int = 0) -> None:
+                 solo_max_verdict: str = "suspicious", seed: int = 0) -> None:
         self.signals = signals
         self.target_fpr = target_fpr
         self.suspicious_fpr = suspicious_fpr
         self.C = C
         self.max_reasons = max_reasons
+        self.solo_max_verdict = solo_max_verdict
         self.seed = seed
 
     # -- helpers -----------------------------------------------------------------------
@@ -110,10 +115,13 @@ class Scorer:
         self.coef_ = lr.coef_[0].copy()
         self.intercept_ = float(lr.intercept_[0])
         raw = _sigmoid(X @ self.coef_ + self.intercept_)
-        benign = np.sort(raw[y == 0])
+        # the attack threshold is fitted where it can act: on accounts with coordination
+        # evidence (solo accounts are capped below attack by ``cap_solo``)
+        can_attack = self.cap_solo(np.full(len(y), "attack"), features) == "attack"
+        benign = np.sort(raw[(y == 0) & can_attack])
         self.threshold_attack_ = float(_upper_quantile(benign, self.target_fpr))
-        self.threshold_suspicious_ = float(min(self.threshold_attack_,
-                                               _upper_quantile(benign, self.suspicious_fpr)))
+        self.threshold_suspicious_ = float(min(
+            self.threshold_attack_, _upper_quantile(np.sort(raw[y == 0]), self.suspicious_fpr)))
         self.n_train_ = int(len(y))
         self.n_train_attack_ = int(y.sum())
         return self
@@ -145,7 +153,19 @@ class Scorer:
 
     def run(self, features: pl.DataFrame) -> ScoredAccounts:
         s = self.score(features)
-        return ScoredAccounts(score=s, verdict=self.decide(s), reasons=self.reasons(features))
+        verdict = self.cap_solo(self.decide(s), features)
+        return ScoredAccounts(score=s, verdict=verdict, reasons=self.reasons(features))
+
+    def cap_solo(self, verdict: np.ndarray, features: pl.DataFrame) -> np.ndarray:
+        """Lower ``attack`` to ``solo_max_verdict`` for accounts with no coordination."""
+        if self.solo_max_verdict == "attack":
+            return verdict
+        size = (features["c_size"].fill_null(1.0).to_numpy() if "c_size" in features.columns
+                else np.ones(features.height))
+        deg = (features["link_degree"].fill_null(0.0).to_numpy()
+               if "link_degree" in features.columns else np.zeros(features.height))
+        solo = (size <= 1) & (deg <= 0)
+        return np.where(solo & (verdict == "attack"), self.solo_max_verdict, verdict)
 
     # -- persistence -------------------------------------------------------------------
     def to_dict(self, *, trained_on: dict | None = None) -> dict:
@@ -161,7 +181,7 @@ class Scorer:
             "thresholds": {"attack": self.threshold_attack_,
                            "suspicious": self.threshold_suspicious_},
             "params": {"target_fpr": self.target_fpr, "suspicious_fpr": self.suspicious_fpr,
-                       "C": self.C},
+                       "C": self.C, "solo_max_verdict": self.solo_max_verdict},
             "n_train": self.n_train_, "n_train_attack": self.n_train_attack_,
             "trained_on": trained_on or {},
         }

@@ -343,9 +343,14 @@ class OnlineDetector:
         C["mismatch"][u] += seg((bill != 0) & ctry.is_not_null().to_numpy()[order]
                                 & (ch != bill)).astype(np.int64)
         # distinct counts: HyperLogLog registers
-        cexpr = pl.concat_str([pl.col("asn").cast(pl.String), pl.col("user_agent"),
-                               pl.col("tls_fingerprint")], separator="|", ignore_nulls=True)
-        client = ev.select(pl.when(cexpr.str.len_chars() > 0).then(cexpr).alias("c"))["c"]
+        # n_clients counts user agent + TLS pairs (as fingerprint.py); linking uses ASN + both
+        cexpr = pl.concat_str([pl.col("user_agent"), pl.col("tls_fingerprint")],
+                              separator="|", ignore_nulls=True)
+        lexpr = pl.concat_str([pl.col("asn").cast(pl.String), cexpr], separator="|",
+                              ignore_nulls=True)
+        cl = ev.select(pl.when(cexpr.str.len_chars() > 0).then(cexpr).alias("c"),
+                       pl.when(cexpr.str.len_chars() > 0).then(lexpr).alias("l"))
+        client, link_client = cl["c"], cl["l"]
         cols = {"keys": ev["api_key_id"], "ips": ev["ip"], "prefixes": ev["ip_prefix"],
                 "asns": ev["asn"].cast(pl.String), "countries": ctry,
                 "clients": client, "models": ev["model"]}
@@ -376,7 +381,9 @@ class OnlineDetector:
         if pick.any():
             self._learn_content(ev, order[pick], a_s[pick], ts_s[pick])
         # shared-value incidences for online linking
-        ev_inc = [(0, hashes["ips"]), (1, hashes["prefixes"]), (2, hashes["clients"])]
+        lc = (link_client.hash(seed=17).to_numpy()[order],
+              link_client.is_not_null().to_numpy()[order])
+        ev_inc = [(0, hashes["ips"]), (1, hashes["prefixes"]), (2, lc)]
         for kind, (h, nn) in ev_inc:
             inc_arr = np.unique(np.stack([a_s[nn].astype(np.uint64), h[nn]], axis=1), axis=0) \
                 if nn.any() else np.zeros((0, 2), np.uint64)
@@ -537,7 +544,8 @@ class OnlineDetector:
             "n_exchanges": C["n"].astype(np.int64), "active_days": C["days"].astype(np.int64),
             "per_day": per_day,
             "per_day_tier_pct": self._tier_pct(idx, per_day),
-            "span_days": (F["last_ts"] - F["first_ts"]) / _DAY_US,
+            # whole seconds, as polars' total_seconds() in the batch features
+            "span_days": np.trunc((F["last_ts"] - F["first_ts"]) / _US) / 86400.0,
             "hour_entropy": _entropy_rows(hour, 24),
             "weekday_entropy": _entropy_rows(self.wday_[idx].astype(np.float64), 7),
             "active_hours": ((hour / np.maximum(hour.sum(1, keepdims=True), 1)) >= 0.02).sum(1),
@@ -561,7 +569,8 @@ class OnlineDetector:
             "tier": pl.Series(tiers.tolist(), dtype=pl.String),
             "risky_tier": np.isin(tiers, LIGHTLY_VERIFIED_TIERS).astype(np.float64),
             "verified": self.meta_["verified"][idx],
-            "age_days_at_first_use": (F["first_ts"] - F["created_at"]) / _DAY_US,
+            "age_days_at_first_use": np.trunc((F["first_ts"] - F["created_at"]) / _US)
+            / 86400.0,
             "country_mismatch_share": C["mismatch"] / n,
             "cot_share": C["cot"] / cls, "sensitive_share": C["sens"] / cls,
             "valuable_share": valuable, "top_task_share": task.max(axis=1),

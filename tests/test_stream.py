@@ -1,0 +1,171 @@
+"""Online detector and replay: batch parity, bounded state, checkpoints, kill -9 and resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+
+import numpy as np
+import polars as pl
+import pytest
+from polars.testing import assert_frame_equal
+
+from distillguard.fingerprint import account_features
+from distillguard.read import read_log
+from distillguard.simulate import simulate
+from distillguard.stream import OnlineDetector
+from distillguard.stream.replay import replay
+
+
+@pytest.fixture(scope="module")
+def sim(tmp_path_factory):
+    out = tmp_path_factory.mktemp("sim")
+    simulate("demo", scale=0.15, seed=3, out=out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def log_frames(sim):
+    with read_log([sim / "events"], accounts=sim / "accounts.csv",
+                  releases=sim / "releases.csv") as log:
+        ev = log.events.collect().sort("ts", maintain_order=True)
+        return ev, log.accounts, log.releases
+
+
+@pytest.fixture(scope="module")
+def learned(log_frames):
+    ev, acc, rel = log_frames
+    det = OnlineDetector(accounts=acc, releases=rel)
+    for i in range(0, ev.height, 3000):
+        det.score_many(det.learn_many(ev.slice(i, 3000)))
+    return det
+
+
+def test_online_features_equal_batch(log_frames, learned):
+    ev, acc, rel = log_frames
+    batch = account_features(ev.lazy(), acc, rel)
+    online = learned.features(np.arange(learned.n_accounts_))
+    j = batch.join(online, on="account_id", suffix="_on")
+    assert j.height == batch.height == online.height
+    exact = ["n_exchanges", "active_days", "single_turn_share", "thinking_share",
+             "max_tokens_cap_share", "hour_entropy", "weekday_entropy", "fast_gap_share",
+             "session_gap_share", "span_days", "country_mismatch_share", "pivot_share",
+             "temperature_std", "age_days_at_first_use", "risky_tier", "per_day"]
+    for c in exact:
+        a = j[c].cast(pl.Float64).fill_null(0).to_numpy()
+        b = j[c + "_on"].cast(pl.Float64).fill_null(0).to_numpy()
+        np.testing.assert_allclose(b, a, rtol=1e-6, atol=1e-6, err_msg=c)
+    # HyperLogLog distinct counts: close, not exact
+    for c in ("n_ips", "n_keys", "n_clients"):
+        a = j[c].cast(pl.Float64).to_numpy()
+        b = j[c + "_on"].to_numpy()
+        assert np.median(np.abs(b - a) / np.maximum(a, 1)) < 0.05, c
+        assert np.mean(np.abs(b - a) / np.maximum(a, 1)) < 0.15, c
+
+
+def test_learn_one_equals_learn_many(log_frames):
+    ev, acc, rel = log_frames
+    part = ev.head(150)
+    a = OnlineDetector(accounts=acc, releases=rel)
+    a.learn_many(part)
+    b = OnlineDetector(accounts=acc, releases=rel)
+    for i in range(part.height):
+        b.learn_many(part.slice(i, 1))
+    fa, fb = a.features(np.arange(a.n_accounts_)), b.features(np.arange(b.n_accounts_))
+    assert_frame_equal(fa, fb, rtol=1e-9)       # sums in another order: float noise only
+
+
+def test_state_is_bounded(log_frames):
+    ev, acc, rel = log_frames
+    one = ev.filter(pl.col("account_id") == ev["account_id"].mode()[0])
+    det = OnlineDetector()
+    det.learn_many(one.head(1))
+    small = det._memory_usage()["per_account_bytes"]
+    det.learn_many(one.slice(1))
+    assert det._memory_usage()["per_account_bytes"] == small < 4096
+
+
+def test_checkpoint_round_trip(log_frames, learned):
+    ev, acc, rel = log_frames
+    copy = OnlineDetector(accounts=acc, releases=rel).load_bytes(learned.to_bytes())
+    idx = np.arange(learned.n_accounts_)
+    assert copy.features(idx).equals(learned.features(idx))
+    assert copy.groups().keys() == learned.groups().keys()
+    assert copy.score_all().equals(learned.score_all())
+
+
+def test_stream_detects_campaigns(sim, learned):
+    final = learned.score_all()
+    lab = pl.read_csv(sim / "labels.csv")
+    j = final.join(lab, on="account_id")
+    att = j.filter(pl.col("label") == "attack")
+    ben = j.filter(pl.col("label") == "benign")
+    assert (att["verdict"] == "attack").mean() >= 0.8
+    assert (ben["verdict"] == "attack").mean() <= 0.02
+    # live clusters are mostly campaign accounts
+    clustered = j.filter(pl.col("cluster_id").is_not_null())
+    assert clustered.height > 0 and (clustered["label"] == "attack").mean() >= 0.8
+
+
+def test_replay_outputs_follow_contract(sim, tmp_path):
+    out = tmp_path / "live"
+    r = replay([sim / "events"], accounts=sim / "accounts.csv", releases=sim / "releases.csv",
+               out=out, chunk_size=4000)
+    acc = pl.read_csv(out / "accounts.csv")
+    assert acc.columns == ["account_id", "score", "verdict", "cluster_id", "reasons"]
+    assert acc.height == r.n_accounts and set(acc["verdict"]) <= {"attack", "suspicious",
+                                                                  "benign"}
+    alerts = [json.loads(x) for x in (out / "alerts.jsonl").read_text().splitlines()]
+    assert alerts and r.n_alerts == len(alerts)
+    for a in alerts:
+        assert {"ts", "account_id", "cluster_id", "score", "verdict", "reasons",
+                "exchanges_seen"} <= a.keys()
+        assert a["verdict"] in ("attack", "suspicious") and a["exchanges_seen"] >= 20
+    clusters = json.loads((out / "clusters.json").read_text())
+    for c in clusters:
+        assert {"cluster_id", "accounts", "score", "verdict", "exchanges", "first_seen",
+                "last_seen", "capabilities", "evidence"} <= c.keys()
+    ids = set(acc["cluster_id"].drop_nulls())
+    assert ids == {c["cluster_id"] for c in clusters}
+
+
+def _run(sim, out, *extra):
+    return [sys.executable, "-m", "distillguard", "stream", str(sim / "events"),
+            "--accounts", str(sim / "accounts.csv"), "--releases", str(sim / "releases.csv"),
+            "--out", str(out), "--chunk-size", "500", "--checkpoint-every", "1", "-q", *extra]
+
+
+def test_kill9_and_resume_equals_uninterrupted(sim, tmp_path):
+    ref = tmp_path / "ref"
+    subprocess.run(_run(sim, ref), check=True, capture_output=True, timeout=300)
+    out = tmp_path / "killed"
+    proc = subprocess.Popen(_run(sim, out), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    ck = out / "checkpoint.sqlite"
+    deadline = time.time() + 120
+    done = 0
+    while time.time() < deadline and proc.poll() is None:
+        if ck.exists():
+            try:
+                row = sqlite3.connect(ck).execute(
+                    "SELECT events_done FROM checkpoint").fetchone()
+            except sqlite3.Error:
+                row = None
+            if row and row[0] >= 5000:
+                done = row[0]
+                break
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL and done > 0, "replay ended before the kill"
+    assert not (out / "accounts.csv").exists()
+    r = subprocess.run(_run(sim, out), check=True, capture_output=True, text=True, timeout=300)
+    assert "resumed after" in r.stdout
+    for name in ("accounts.csv", "alerts.jsonl", "clusters.json"):
+        assert (out / name).read_text() == (ref / name).read_text(), name
+    meta = json.loads((out / "stream.json").read_text())
+    assert meta["n_events"] == json.loads((ref / "stream.json").read_text())["n_events"]

@@ -107,9 +107,11 @@ def test_stream_detects_campaigns(sim, learned):
     ben = j.filter(pl.col("label") == "benign")
     assert (att["verdict"] == "attack").mean() >= 0.8
     assert (ben["verdict"] == "attack").mean() <= 0.02
-    # live clusters are mostly campaign accounts
-    clustered = j.filter(pl.col("cluster_id").is_not_null())
-    assert clustered.height > 0 and (clustered["label"] == "attack").mean() >= 0.8
+    # campaign accounts are linked into live clusters; linked benign look-alikes (an
+    # organisation's accounts) are not flagged for it
+    assert att["cluster_id"].is_not_null().mean() >= 0.8
+    linked_benign = ben.filter(pl.col("cluster_id").is_not_null())
+    assert (linked_benign["verdict"] == "attack").mean() <= 0.05
 
 
 def test_replay_outputs_follow_contract(sim, tmp_path):
@@ -130,7 +132,7 @@ def test_replay_outputs_follow_contract(sim, tmp_path):
     for c in clusters:
         assert {"cluster_id", "accounts", "score", "verdict", "exchanges", "first_seen",
                 "last_seen", "capabilities", "evidence"} <= c.keys()
-    ids = set(acc["cluster_id"].drop_nulls())
+    ids = set(acc["cluster_id"].drop_nulls()) - {""}
     assert ids == {c["cluster_id"] for c in clusters}
 
 

@@ -15,8 +15,12 @@ excluding the two wrapper classes), ``cot_score`` and ``sensitive_score`` (the m
 probabilities of the wrapper classes, or 0/1 keyword rules without a model).
 
 Features are stateless (hashed word 1-2-grams of the first/last characters plus hashed
-character 3-4-grams of the first characters); the model is linear. The file format is an
-``.npz`` with no pickled objects: ``coef`` (float16), ``intercept`` and a JSON ``header``.
+UTF-8 byte 3-4-grams of the first characters); the model is linear. Hashing is done in numpy
+over the Arrow buffers of a whole batch (FNV-1a for byte n-grams, tabulation hashing for
+words; fixed constants, so a model file gives
+the same features on any platform and library version); there is no Python loop per text.
+The file format is an ``.npz`` with no pickled objects: ``coef`` (float16), ``intercept``
+and a JSON ``header``.
 """
 
 from __future__ import annotations
@@ -28,8 +32,8 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
+import pyarrow as pa
 import scipy.sparse as sp
-from sklearn.feature_extraction.text import HashingVectorizer
 
 from ..errors import InputError
 from ..schema import TASKS
@@ -39,7 +43,7 @@ __all__ = [
     "predict_tasks", "compose_texts", "FORMAT_VERSION", "DEFAULT_MODEL",
 ]
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: numpy byte/word hashing (1: sklearn HashingVectorizer)
 DEFAULT_MODEL = "task_classifier-v1.npz"
 WRAPPER_CLASSES = ("cot_elicitation", "sensitive_rewrite")
 
@@ -150,6 +154,113 @@ def compose_texts(prompt, system=None, tool_names=None) -> pl.Series:
         "text"]
 
 
+_WORD = r"\w+|[^\w\s]"
+_FNV_OFFSET = np.uint64(0xCBF29CE484222325)
+_FNV_PRIME = np.uint64(0x100000001B3)
+_TOKEN_BYTES = 24  # a word token is hashed on its first 24 bytes and its length
+
+
+def _avalanche(h: np.ndarray) -> np.ndarray:
+    """splitmix64 finaliser (uint64 arrays, wraps): spreads FNV's low-entropy bits."""
+    h = h ^ (h >> np.uint64(30))
+    h = h * np.uint64(0xBF58476D1CE4E5B9)
+    h = h ^ (h >> np.uint64(27))
+    h = h * np.uint64(0x94D049BB133111EB)
+    return h ^ (h >> np.uint64(31))
+
+
+def _arrow_bytes(s: pl.Series) -> tuple[np.ndarray, np.ndarray]:
+    """(UTF-8 bytes, int64 offsets of len(s)+1) of a non-null string Series, zero-copy."""
+    a = s.to_arrow()
+    if isinstance(a, pa.ChunkedArray):
+        a = a.combine_chunks()
+    a = a.cast(pa.large_string())
+    _, ob, db = a.buffers()
+    offs = np.frombuffer(ob, dtype=np.int64, count=len(a) + 1, offset=a.offset * 8)
+    data = np.frombuffer(db, dtype=np.uint8) if db is not None else np.zeros(0, np.uint8)
+    return data, offs
+
+
+def _tab_table() -> np.ndarray:
+    """Fixed (TOKEN_BYTES + 1, 256) uint64 table for tabulation hashing (splitmix64 of index)."""
+    return _avalanche(np.arange((_TOKEN_BYTES + 1) * 256, dtype=np.uint64)
+                      * np.uint64(0x9E3779B97F4A7C15) + np.uint64(0x632BE59BD9B4E019)
+                      ).reshape(_TOKEN_BYTES + 1, 256)
+
+
+_TAB = _tab_table()
+
+
+def _byte_ngrams(s: pl.Series, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """(count per row, hash per n-gram in row order) of the UTF-8 byte n-grams of each string.
+
+    Tabulation hashing on rows ``n .. 2n-1`` of the table (so 3- and 4-grams differ).
+    """
+    data, offs = _arrow_bytes(s.fill_null(""))
+    lo, hi = int(offs[0]), int(offs[-1])
+    m = hi - lo - n + 1
+    if m <= 0:
+        return np.zeros(len(offs) - 1, np.int64), np.zeros(0, np.uint64)
+    d = data[lo:hi]
+    h = _TAB[n][d[:m]].copy()
+    for k in range(1, n):
+        h ^= _TAB[n + k][d[k:k + m]]
+    valid = np.ones(m, dtype=bool)
+    start, end = offs[:-1] - lo, offs[1:] - lo
+    for j in range(1, n):  # n-grams crossing into the next string
+        p = end - j
+        valid[p[(p >= start) & (p < m)]] = False
+    return np.maximum(end - start - n + 1, 0), h[valid]
+
+
+def _word_ngrams(tokens: pl.Series) -> tuple[np.ndarray, np.ndarray]:
+    """Word unigrams and bigrams of a List(String) Series: (uni counts per row, uni hashes,
+    bi counts per row, bi hashes), hashes in row order.
+
+    A token's hash is the XOR of table entries for (position, byte) of its first
+    ``_TOKEN_BYTES`` bytes and one for its length (tabulation hashing, vectorised with
+    ``bitwise_xor.reduceat``).
+    """
+    counts = tokens.list.len().fill_null(0).to_numpy().astype(np.int64)
+    flat = tokens.explode(empty_as_null=False).drop_nulls()
+    flat = flat.filter(flat.str.len_bytes() > 0)
+    data, offs = _arrow_bytes(flat)
+    lo = int(offs[0])
+    start, tlen = offs[:-1] - lo, np.diff(offs)
+    if len(start) == 0:
+        z = np.zeros(len(counts), np.int64)
+        return z, np.zeros(0, np.uint64), z, np.zeros(0, np.uint64)
+    k = np.arange(int(offs[-1]) - lo, dtype=np.int64) - np.repeat(start, tlen)
+    k = np.minimum(k, _TOKEN_BYTES)  # bytes past the cap all hash to row _TOKEN_BYTES ...
+    v = _TAB[k, data[lo:int(offs[-1])]]
+    v[k == _TOKEN_BYTES] = 0  # ... and are then ignored (0 is XOR's identity)
+    h = np.bitwise_xor.reduceat(v, start)
+    h = _avalanche(h ^ (np.minimum(tlen, 4095).astype(np.uint64) << np.uint64(52)))
+    row = np.repeat(np.arange(len(counts), dtype=np.int64), counts)
+    same = row[1:] == row[:-1]
+    bi = _avalanche(h[:-1][same] * np.uint64(0x9E3779B97F4A7C15) + h[1:][same])
+    return counts, h, np.maximum(counts - 1, 0), bi
+
+
+def _piece(c: np.ndarray, h: np.ndarray, off: int, width: int, n_cols: int) -> sp.csr_matrix:
+    """Unsorted CSR matrix of one piece of hashed n-grams: ``c`` per row, hashes ``h`` in row
+    order, value 1 per occurrence (repeats are separate entries)."""
+    indptr = np.zeros(len(c) + 1, dtype=np.int64)
+    np.cumsum(c, out=indptr[1:])
+    idx = ((h % np.uint64(width)).astype(np.int64) + off).astype(np.int32)
+    return sp.csr_matrix((np.ones(len(idx), np.float32), idx, indptr), shape=(len(c), n_cols))
+
+
+def _l2(x: sp.csr_matrix) -> sp.csr_matrix:
+    """Rows scaled to unit l2 norm in place (empty rows stay 0); ``x`` has no duplicates."""
+    x = x.tocsr()
+    lens = np.diff(x.indptr)
+    sq = np.bincount(np.repeat(np.arange(x.shape[0]), lens), weights=x.data.astype(np.float64) ** 2,
+                     minlength=x.shape[0])
+    x.data *= np.repeat((1.0 / np.sqrt(np.maximum(sq, 1e-30))).astype(np.float32), lens)
+    return x
+
+
 class TaskClassifier:
     """Hashed n-gram features + linear one-vs-rest logistic model (scikit-learn style).
 
@@ -172,30 +283,34 @@ class TaskClassifier:
         self.seed = seed
 
     # -- features
-    def _vectorizers(self):
-        half = self.n_features // 2
-        words = HashingVectorizer(n_features=half, analyzer="word", ngram_range=(1, 2),
-                                  token_pattern=r"(?u)\b\w+\b|[^\w\s]", lowercase=True,
-                                  alternate_sign=False, norm="l2", dtype=np.float32)
-        chars = HashingVectorizer(n_features=self.n_features - half, analyzer="char_wb",
-                                  ngram_range=(3, 4), lowercase=True, alternate_sign=False,
-                                  norm="l2", dtype=np.float32)
-        return words, chars
+    def _blocks(self, texts) -> tuple[sp.csr_matrix, sp.csr_matrix]:
+        """(word block, byte block): each (n_texts, n_features), counts l2-normalised per row.
 
-    def transform(self, texts) -> sp.csr_matrix:
-        """Sparse feature matrix (n_texts, n_features)."""
+        ``transform`` is their sum. Each block is the sum of two unsorted CSR pieces
+        (uni/bigrams, 3/4-grams), which scipy's general CSR addition folds into one entry per
+        feature, so the l2 norms are exact without any sort.
+        """
         s = _as_series(texts)
         h, t = self.head_chars, self.tail_chars
         df = pl.DataFrame({"t": s}).select(
             pl.when(pl.col("t").str.len_chars() > h + t)
             .then(pl.col("t").str.slice(0, h) + pl.lit(" … ") + pl.col("t").str.slice(-t))
-            .otherwise(pl.col("t")).alias("w"),
-            pl.col("t").str.slice(0, self.char_chars).alias("c"),
+            .otherwise(pl.col("t")).str.to_lowercase()
+            .str.extract_all(_WORD).alias("w"),
+            (pl.lit(" ") + pl.col("t").str.slice(0, self.char_chars).str.to_lowercase()
+             .str.replace_all(r"\s+", " ") + pl.lit(" ")).alias("c"),
         )
-        words, chars = self._vectorizers()
-        xw = words.transform(df["w"].to_list())
-        xc = chars.transform(df["c"].to_list())
-        return sp.hstack([xw, xc], format="csr")
+        half, n = self.n_features // 2, self.n_features
+        c1, h1, c2, h2 = _word_ngrams(df["w"])
+        (c3, h3), (c4, h4) = _byte_ngrams(df["c"], 3), _byte_ngrams(df["c"], 4)
+        xw = _piece(c1, h1, 0, half, n) + _piece(c2, h2, 0, half, n)
+        xc = _piece(c3, h3, half, n - half, n) + _piece(c4, h4, half, n - half, n)
+        return _l2(xw), _l2(xc)
+
+    def transform(self, texts) -> sp.csr_matrix:
+        """Sparse feature matrix (n_texts, n_features): hashed word and byte n-gram blocks."""
+        xw, xc = self._blocks(texts)
+        return (xw + xc).tocsr()
 
     # -- fit / predict
     def fit(self, texts, y, sample_weight=None) -> "TaskClassifier":
@@ -221,8 +336,9 @@ class TaskClassifier:
         return self
 
     def decision_function(self, texts) -> np.ndarray:
-        x = self.transform(texts)
-        return np.asarray(x @ self.coef_.T) + self.intercept_
+        coef_t = np.ascontiguousarray(self.coef_.T)
+        xw, xc = self._blocks(texts)
+        return np.asarray(xw @ coef_t) + np.asarray(xc @ coef_t) + self.intercept_
 
     def predict_proba(self, texts) -> np.ndarray:
         """One-vs-rest sigmoid scores normalised to sum to 1 (as scikit-learn's SGD)."""
@@ -250,9 +366,11 @@ class TaskClassifier:
         header = {
             "format": "distillguard-task-classifier", "version": FORMAT_VERSION,
             "classes": [str(c) for c in self.classes_], "params": self._params(),
-            "features": {"words": "hashed word 1-2-grams of first head_chars + last "
-                                  "tail_chars, l2", "chars": "hashed char_wb 3-4-grams of "
-                                  "first char_chars, l2", "sklearn_hashing": "murmur3"},
+            "features": {"words": "hashed word 1-2-grams (lower-cased, _WORD tokens) of "
+                                  "first head_chars + last tail_chars, l2",
+                         "chars": "hashed UTF-8 byte 3-4-grams of first char_chars "
+                                  "(lower-cased, whitespace collapsed, space-padded), l2",
+                         "hashing": "distillguard.content.classify: bytes FNV-1a 64, words tabulation; splitmix64 finaliser"},
             "saved": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d"),
             **getattr(self, "meta_", {}),
         }

@@ -77,7 +77,8 @@ def _shingle_hashes(tokens: pl.Series, seed: int) -> tuple[np.ndarray, np.ndarra
     n = len(tokens)
     ex = pl.DataFrame({"tok": tokens}).with_row_index("r").explode("tok", empty_as_null=True)
     ex = ex.with_columns(pl.col("tok").fill_null(""))
-    nxt = pl.col("tok").shift(-1).over("r")
+    # next token of the same row (a plain shift plus a row check: no window grouping)
+    nxt = pl.when(pl.col("r").shift(-1) == pl.col("r")).then(pl.col("tok").shift(-1))
     sh = ex.select(
         "r",
         pl.col("tok").hash(seed).alias("u"),
@@ -136,7 +137,11 @@ def _lsh_edges(sig: np.ndarray, bands: int, rows: int, threshold: float) -> np.n
         dst.append(order[1:][same])
     if not src:
         return np.zeros((2, 0), dtype=np.int64)
-    e = np.unique(np.stack([np.concatenate(src), np.concatenate(dst)]), axis=1)
+    # distinct (src, dst) pairs via one int64 key (hash-based; the order of the verified
+    # edges does not matter to the connected components)
+    key = (pl.Series(np.concatenate(src).astype(np.int64) * n + np.concatenate(dst))
+           .unique().to_numpy())
+    e = np.stack([key // n, key % n])
     # verify on the full signatures (estimated Jaccard)
     est = np.empty(e.shape[1], dtype=np.float64)
     step = 1 << 16
@@ -166,7 +171,10 @@ def mine_templates(
     n = df.height
     if n == 0:
         return pl.Series("template_id", [], dtype=pl.Int64)
-    norm = normalize_prompts(df[text_col])
+    # normalise and tokenise each distinct prompt once (replays, shared wrappers)
+    dist = (pl.DataFrame({"p": df[text_col].cast(pl.String).fill_null("")})
+            .with_row_index("row").group_by("p").agg(pl.col("row")))
+    norm = normalize_prompts(dist["p"])
     toks = pl.DataFrame({"t": norm}).select(
         pl.col("t").str.extract_all(_TOKEN).alias("t"))["t"]
     tf = pl.DataFrame({"t": toks}).with_columns(pl.col("t").list.len().alias("n"))
@@ -175,15 +183,18 @@ def mine_templates(
         pl.when(short).then(pl.col("t")).otherwise(pl.col("t").list.head(head)).alias("h"),
         pl.when(short).then(pl.col("t")).otherwise(pl.col("t").list.tail(tail)).alias("tl"),
     )
-    # exact skeleton dedupe first (replays and verbatim templates cost nothing more)
+    # exact skeleton dedupe first (replays and verbatim templates cost nothing more);
+    # skeletons ordered by their first row, so LSH sees them in row order
     key = tf.select(
         pl.col("h").list.join(" ").alias("h"), pl.col("tl").list.join(" ").alias("tl"),
-    ).with_row_index("row")
-    uniq = key.group_by(["h", "tl"], maintain_order=True).agg(pl.col("row"))
-    uniq = uniq.with_columns(pl.col("row").list.min().alias("rep"))
+        pl.Series("row", dist["row"]), pl.Series("d", np.arange(dist.height, dtype=np.int64)),
+    )
+    uniq = (key.group_by(["h", "tl"])
+            .agg(pl.col("row").flatten(), pl.col("d").first())
+            .with_columns(pl.col("row").list.min().alias("rep")).sort("rep"))
     m = uniq.height
     rep = uniq["rep"].to_numpy()
-    rep_tf = tf[rep]
+    rep_tf = tf[uniq["d"].to_numpy()]
     bands, rows = _bands(num_perm, threshold)
     edges = []
     for col, salt in (("h", np.uint64(0)), ("tl", _TAIL_SALT)):
@@ -198,11 +209,10 @@ def mine_templates(
     comp_min = np.full(comp.max() + 1, np.iinfo(np.int64).max, dtype=np.int64)
     np.minimum.at(comp_min, comp, rep.astype(np.int64))
     tid_uniq = comp_min[comp]
-    out = (
-        uniq.select(pl.col("row"), pl.Series("tid", tid_uniq, dtype=pl.Int64))
-        .explode("row", empty_as_null=True).sort("row")
-    )
-    return out["tid"].alias("template_id")
+    out = np.empty(n, dtype=np.int64)
+    out[uniq["row"].explode().to_numpy()] = np.repeat(tid_uniq,
+                                                      uniq["row"].list.len().to_numpy())
+    return pl.Series("template_id", out, dtype=pl.Int64)
 
 
 def account_template_stats(

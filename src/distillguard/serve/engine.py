@@ -1,10 +1,11 @@
 """The decision logic shared by the HTTP service, the ASGI middleware and the LiteLLM hook.
 
 :class:`DecisionEngine` learns each request into the :class:`~distillguard.stream.OnlineDetector`
-(O(1) per request), answers from the account's last score through the policy, and rescores
-accounts that reached their next rescoring point — synchronously (``sync=True``, tests and
-small gateways) or on a background thread every ``rescore_interval_s`` (the decision path
-then never waits for the scorer). Every decision can be appended to a JSON Lines log.
+and answers from the account's last score through the policy. With ``sync=True`` (tests, small
+gateways) the request is learned and due accounts rescored before answering; otherwise the
+request is validated, queued, and learned with the other queued requests in one batch on a
+background thread every ``rescore_interval_s``, so the decision path never waits for the
+classifier or the scorer (the answer reflects state up to one interval old). Every decision can be appended to a JSON Lines log.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from datetime import datetime, timezone
 import numpy as np
 
 from ..act import Decision, Policy, decide, load_policy
+from ..stream.normalize import check_record
 from ..stream.online import OnlineDetector, events_from_dicts
 
 #: latency histogram buckets (seconds) for /metrics
@@ -60,6 +62,8 @@ class DecisionEngine:
         self.buckets = TokenBuckets()
         self._lock = threading.Lock()
         self._due: set[int] = set()
+        self._pending: list[dict] = []
+        self._pending_lock = threading.Lock()
         self._log = open(decision_log, "a", buffering=1) if decision_log else None
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
@@ -92,7 +96,13 @@ class DecisionEngine:
             self.flush()
 
     def flush(self) -> int:
-        """Rescore every account that is due now; returns how many."""
+        """Learn queued requests, then rescore every account that is due; returns how many."""
+        with self._pending_lock:
+            batch, self._pending = self._pending, []
+        if batch:
+            frame = events_from_dicts(batch)
+            with self._lock:
+                self._due.update(self.detector.learn_many(frame).tolist())
         with self._lock:
             due = np.fromiter(self._due, dtype=np.int64, count=len(self._due))
             self._due.clear()
@@ -108,14 +118,21 @@ class DecisionEngine:
             record = {**record, "ts": datetime.now(timezone.utc).isoformat()}
         if record.get("messages") is None and not record.get("prompt"):
             record = {**record, "prompt": " "}      # metadata-only requests still count
-        frame = events_from_dicts([record])
+        if self.sync:
+            frame = events_from_dicts([record])
+            with self._lock:
+                due = self.detector.learn_many(frame)
+                self._due.update(due.tolist())
+            if len(due):
+                self.flush()
+            account = str(frame["account_id"][0])
+        else:   # learn on the background thread in micro-batches; decide from current state
+            check_record(record)                 # validate now: bad input is the caller's
+            account = str(record["account_id"])
+            with self._pending_lock:
+                self._pending.append(record)
         with self._lock:
-            due = self.detector.learn_many(frame)
-            self._due.update(due.tolist())
-        if self.sync and len(due):
-            self.flush()
-        with self._lock:
-            st = self.detector.state_of(str(frame["account_id"][0]))
+            st = self.detector.state_of(account)
         d = decide(self.policy, account_id=st["account_id"], score=st["score"],
                    verdict=st["verdict"], reasons=st["reasons"], tier=st["tier"],
                    cluster_id=st["cluster_id"], exchanges_seen=st["exchanges_seen"],

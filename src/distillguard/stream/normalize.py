@@ -24,3 +24,14 @@ def normalize_records(records: list[dict], *, source: str = "request") -> pl.Dat
             raise InputError(bad.msg, path=source, row=i, field=bad.field,
                              reason=bad.reason) from None
     return _py_frame(rows)
+
+
+def check_record(rec: dict, *, source: str = "request", row: int = 0) -> None:
+    """Validate one contract record without building a frame (cheap, per request)."""
+    if not isinstance(rec, dict):
+        raise InputError("record is not a JSON object", path=source, row=row)
+    try:
+        _norm(rec)
+    except _Bad as bad:
+        raise InputError(bad.msg, path=source, row=row, field=bad.field,
+                         reason=bad.reason) from None

@@ -17,10 +17,9 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
-import yaml
-
 from .errors import ConfigError
 from .link import LinkConfig
+from .yamlio import load_with_lines, strip_lines
 
 DEFAULT_SIGNALS = "data/signals.yaml"
 
@@ -76,33 +75,9 @@ class SignalSet:
         return np.column_stack([out[i] for i in self.ids]) if self.signals else np.zeros((n, 0))
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
-    pass
-
-
-def _construct_mapping(loader, node, deep=False):
-    seen = set()
-    for key_node, _ in node.value:
-        key = loader.construct_object(key_node, deep=deep)
-        if key in seen:
-            raise ConfigError(f"{loader.name}:{key_node.start_mark.line + 1}: duplicate key "
-                              f"'{key}'")
-        seen.add(key)
-    mapping = yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
-    mapping["__line__"] = node.start_mark.line + 1
-    return mapping
-
-
-_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
-                                 _construct_mapping)
-
 _SIGNAL_KEYS = {"id", "description", "weight", "type", "feature", "lo", "hi", "direction",
                 "of", "level"}
 _TOP_KEYS = {"version", "signals", "intercept", "thresholds", "link", "cluster"}
-
-
-def _strip(d: dict) -> dict:
-    return {k: v for k, v in d.items() if k != "__line__"}
 
 
 def load_signals(path: str | Path | None = None) -> SignalSet:
@@ -115,14 +90,7 @@ def load_signals(path: str | Path | None = None) -> SignalSet:
             text, name = Path(path).read_text(), str(path)
         except OSError as err:
             raise ConfigError(f"{path}: cannot read signal file: {err.strerror}") from None
-    loader = _UniqueKeyLoader(text)
-    loader.name = name
-    try:
-        doc = loader.get_single_data()
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{name}: invalid YAML: {err}".replace("\n", " ")) from None
-    finally:
-        loader.dispose()
+    doc = load_with_lines(text, name)
     if not isinstance(doc, dict):
         raise ConfigError(f"{name}: expected a mapping at the top")
     for k in doc:
@@ -154,7 +122,7 @@ def load_signals(path: str | Path | None = None) -> SignalSet:
             raise ConfigError(f"{where}: direction must be high or low")
         if kind == "ramp" and float(raw.get("hi", 1.0)) <= float(raw.get("lo", 0.0)):
             raise ConfigError(f"{where}: hi must be greater than lo")
-        vals = _strip(raw)
+        vals = strip_lines(raw)
         vals["of"] = tuple(vals.get("of", ()))
         vals["weight"] = float(vals["weight"])
         for k in ("lo", "hi"):
@@ -162,18 +130,18 @@ def load_signals(path: str | Path | None = None) -> SignalSet:
                 vals[k] = float(vals[k])
         signals.append(Signal(**vals))
         seen.add(raw["id"])
-    link_raw = _strip(doc.get("link", {}) or {})
+    link_raw = strip_lines(doc.get("link", {}) or {})
     try:
         for k in ("kind_weights", "families"):
             if k in link_raw:
-                link_raw[k] = _strip(link_raw[k])
+                link_raw[k] = strip_lines(link_raw[k])
         link = LinkConfig(**link_raw)
     except TypeError as err:
         raise ConfigError(f"{name}: link: {err}") from None
-    thresholds = _strip(doc.get("thresholds", {}) or {})
+    thresholds = strip_lines(doc.get("thresholds", {}) or {})
     if set(thresholds) != {"attack", "suspicious"}:
         raise ConfigError(f"{name}: thresholds must give 'attack' and 'suspicious'")
     return SignalSet(version=int(doc.get("version", 1)), signals=tuple(signals),
                      intercept=float(doc.get("intercept", 0.0)),
                      thresholds={k: float(v) for k, v in thresholds.items()}, link=link,
-                     cluster=_strip(doc.get("cluster", {}) or {}), source=name)
+                     cluster=strip_lines(doc.get("cluster", {}) or {}), source=name)

@@ -33,9 +33,9 @@ from importlib import resources
 from pathlib import Path
 
 import orjson
-import yaml
 
 from ..errors import ConfigError
+from ..yamlio import load_with_lines
 from ..schema import VERDICTS
 
 DEFAULT_POLICY = "data/policies/default.yaml"
@@ -235,24 +235,6 @@ def _as_iso(ts) -> str | None:
 
 # -- loading ------------------------------------------------------------------------------
 
-class _Loader(yaml.SafeLoader):
-    """Safe loader that rejects duplicate keys and records each mapping's line."""
-
-
-def _construct_mapping(loader, node, deep=False):
-    seen = set()
-    for key_node, _ in node.value:
-        key = loader.construct_object(key_node, deep=deep)
-        if key in seen:
-            raise ConfigError(f"{loader.name}:{key_node.start_mark.line + 1}: duplicate key "
-                              f"'{key}'")
-        seen.add(key)
-    mapping = yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
-    mapping["__line__"] = node.start_mark.line + 1
-    return mapping
-
-
-_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
 
 
 class _Collector:
@@ -343,17 +325,7 @@ def _action(raw, line, where: str, c: _Collector) -> Action | None:
 
 def _parse(text: str, name: str, *, collect: bool) -> tuple[Policy | None, list[Issue]]:
     c = _Collector(name, collect)
-    loader = _Loader(text)
-    loader.name = name
-    try:
-        doc = loader.get_single_data()
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        line = f":{mark.line + 1}" if mark is not None else ""
-        problem = getattr(err, "problem", None) or str(err)
-        raise ConfigError(f"{name}{line}: invalid YAML: {problem}".replace("\n", " ")) from None
-    finally:
-        loader.dispose()
+    doc = load_with_lines(text, name)
     if not isinstance(doc, dict):
         raise ConfigError(f"{name}: expected a mapping at the top")
     top = doc["__line__"]

@@ -24,7 +24,8 @@ def run_demo(out: Path, *, seed: int = 0, progress: bool = False) -> None:
     summary.print()
     click.echo(f"\n[3/4] detect -> {det_dir}")
     res = detect([sim_dir / "events"], accounts=sim_dir / "accounts.csv",
-                 releases=sim_dir / "releases.csv", out=det_dir, progress=progress)
+                 releases=sim_dir / "releases.csv", allowlist=sim_dir / "allowlist.csv",
+                 out=det_dir, progress=progress)
     click.echo(res.summary())
     click.echo("\n[4/4] evaluate against the simulator's ground truth")
     ev = evaluate(det_dir, sim_dir / "truth.csv")

@@ -47,3 +47,16 @@ def load_with_lines(text: str, name: str):
 
 def strip_lines(d: dict) -> dict:
     return {k: v for k, v in d.items() if k != LINE}
+
+
+def _drop_lines(x):
+    if isinstance(x, dict):
+        return {k: _drop_lines(v) for k, v in x.items() if k != LINE}
+    if isinstance(x, list):
+        return [_drop_lines(v) for v in x]
+    return x
+
+
+def load_plain(text: str, name: str):
+    """Like :func:`load_with_lines` (duplicate keys rejected) without the line markers."""
+    return _drop_lines(load_with_lines(text, name))

@@ -20,6 +20,7 @@ from typing import Any
 import yaml
 
 from ..errors import ConfigError
+from ..yamlio import load_plain
 
 Range = tuple[float, float]
 MODES = ("batch", "chat", "agentic")
@@ -27,22 +28,6 @@ LABELS = ("benign", "attack")
 NET_KINDS = ("residential", "mobile", "cloud", "datacenter", "group", "proxy")
 
 
-class _Loader(yaml.SafeLoader):
-    """Safe loader that rejects duplicate keys."""
-
-
-def _no_dup_mapping(loader: _Loader, node: yaml.MappingNode, deep: bool = False) -> dict:
-    seen = set()
-    for key_node, _ in node.value:
-        key = loader.construct_object(key_node, deep=deep)
-        if key in seen:
-            raise ConfigError(f"{node.start_mark.name}:{key_node.start_mark.line + 1}: "
-                              f"duplicate key '{key}'")
-        seen.add(key)
-    return loader.construct_mapping(node, deep=deep)
-
-
-_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _no_dup_mapping)
 
 
 @dataclass(frozen=True)
@@ -322,10 +307,7 @@ def _read_yaml(name: str) -> tuple[dict, str]:
     if not path.is_file():
         raise ConfigError(f"unknown scenario '{name}' (known: {', '.join(scenario_names())})")
     text = path.read_text()
-    try:
-        data = yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: invalid YAML: {err}") from err
+    data = load_plain(text, str(path))
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at top level")
     return data, str(path)

@@ -11,17 +11,19 @@ in the same run:
 * ratio detect / floor, exchanges/s, and detection quality of the last run
   (``distillguard evaluate --json``).
 
-Optionally (``--cap-check SIZE``) detect is run once more at that size with the per-account
-prompt cap lifted (``max_prompts`` = 10**9, through the library call), to show that quality at
-the cap equals quality without it.
+Optionally (``--cap-check SIZE --caps 16,32,1000000000``) detect is run once more at that size
+per per-account prompt cap (``max_prompts``, through the library call; 10**9 = no cap), to show
+whether quality at the default cap (64) equals quality without it and what a lower cap costs.
 
     .venv/bin/python bench/bench_detect.py --sizes 1m --out /tmp/bd.md
     .venv/bin/python bench/bench_detect.py --sizes 1m,4m,16m --out /tmp/bd.md
+    .venv/bin/python bench/bench_detect.py --sizes 1m --cap-check 1m --caps 16,32,1000000000
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -40,18 +42,37 @@ SIZES = {
 QUALITY_KEYS = ("auprc", "precision", "recall", "benign_fpr", "recall_at_0.1pct_fpr")
 
 
-def _run_child(cmd: list[str], *, log: Path | None = None) -> tuple[float, float, int]:
-    """Run ``cmd``; (wall seconds, peak RSS GiB of that child, return code)."""
-    fh = open(log, "w") if log else subprocess.DEVNULL
+def _rss_gib(pid: int) -> float:
     try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 2**20
+    except OSError:
+        pass
+    return 0.0
+
+
+def _run_child(cmd: list[str], *, log: Path | None = None,
+               max_rss_gib: float | None = None) -> tuple[float, float, int]:
+    """Run ``cmd``; (wall seconds, peak RSS GiB of that child, return code).
+
+    With ``max_rss_gib`` the child is killed (return code -9) when its RSS passes the limit,
+    so a big run cannot take a shared machine's memory.
+    """
+    with contextlib.ExitStack() as stack:
+        fh = stack.enter_context(open(log, "w")) if log else subprocess.DEVNULL
         t0 = time.perf_counter()
         proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, cwd=ROOT)
-        _, status, ru = os.wait4(proc.pid, 0)
+        while True:
+            pid, status, ru = os.wait4(proc.pid, os.WNOHANG if max_rss_gib else 0)
+            if pid:
+                break
+            if _rss_gib(proc.pid) > max_rss_gib:
+                print(f"killing {cmd[2:4]}: RSS over {max_rss_gib} GiB", flush=True)
+                proc.kill()
+            time.sleep(0.25)
         wall = time.perf_counter() - t0
         proc.returncode = os.waitstatus_to_exitcode(status)
-    finally:
-        if log:
-            fh.close()
     return wall, ru.ru_maxrss / 2**20, proc.returncode
 
 
@@ -64,7 +85,7 @@ def ensure_log(work: Path, name: str) -> Path:
     print(f"[{name}] simulating {scenario} scale {scale} → {d}", flush=True)
     cmd = [sys.executable, "-m", "distillguard", "simulate", "--scenario", scenario,
            "--scale", str(scale), "--seed", "0", "--out", str(d), "-q"]
-    wall, rss, rc = _run_child(cmd, log=work / f"simulate-{name}.log")
+    wall, _, rc = _run_child(cmd, log=work / f"simulate-{name}.log")
     if rc != 0:
         raise SystemExit(f"simulate {name} failed, see {work / f'simulate-{name}.log'}")
     print(f"[{name}] simulated in {wall:.0f} s", flush=True)
@@ -83,7 +104,8 @@ def parse_floor(events: Path) -> tuple[float, int]:
     return time.perf_counter() - t0, rows
 
 
-def run_detect(log: Path, out: Path, *, max_prompts: int | None = None) -> dict:
+def run_detect(log: Path, out: Path, *, max_prompts: int | None = None,
+               max_rss_gib: float | None = None) -> dict:
     """One detect subprocess; wall, peak RSS, stage timings."""
     if max_prompts is None:
         cmd = [sys.executable, "-m", "distillguard", "detect", str(log / "events"),
@@ -95,7 +117,7 @@ def run_detect(log: Path, out: Path, *, max_prompts: int | None = None) -> dict:
                 "out=Path(sys.argv[4]), max_prompts=int(sys.argv[5]))")
         cmd = [sys.executable, "-c", code, str(log / "events"), str(log / "accounts.csv"),
                str(log / "releases.csv"), str(out), str(max_prompts)]
-    wall, rss, rc = _run_child(cmd, log=out.with_suffix(".log"))
+    wall, rss, rc = _run_child(cmd, log=out.with_suffix(".log"), max_rss_gib=max_rss_gib)
     if rc != 0:
         raise SystemExit(f"detect failed ({rc}), see {out.with_suffix('.log')}")
     meta = json.loads((out / "run.json").read_text())
@@ -114,14 +136,14 @@ def evaluate(out: Path, truth: Path) -> dict:
     return {k: m.get(k) for k in QUALITY_KEYS}
 
 
-def bench_size(work: Path, name: str, repeat: int) -> dict:
+def bench_size(work: Path, name: str, repeat: int, max_rss_gib: float | None) -> dict:
     log = ensure_log(work, name)
     floors, runs = [], []
     n_rows = 0
     for i in range(repeat):
         f, n_rows = parse_floor(log / "events")
         floors.append(f)
-        r = run_detect(log, work / f"det-{name}")
+        r = run_detect(log, work / f"det-{name}", max_rss_gib=max_rss_gib)
         runs.append(r)
         print(f"[{name}] run {i + 1}/{repeat}: floor {f:.2f} s, detect {r['wall_s']:.1f} s, "
               f"peak RSS {r['rss_gib']:.2f} GiB, stages {r['timings']}", flush=True)
@@ -136,14 +158,18 @@ def bench_size(work: Path, name: str, repeat: int) -> dict:
             "floors": floors, "walls": [r["wall_s"] for r in runs]}
 
 
-def cap_check(work: Path, name: str) -> dict:
+def cap_check(work: Path, name: str, caps: list[int], max_rss_gib: float | None) -> list[dict]:
+    """Detect at ``name`` with other per-account prompt caps (``max_prompts``) than the default."""
     log = ensure_log(work, name)
-    out = work / f"det-{name}-nocap"
-    r = run_detect(log, out, max_prompts=10**9)
-    q = evaluate(out, log / "truth.csv")
-    print(f"[{name}] no cap: detect {r['wall_s']:.1f} s, quality {q}", flush=True)
-    return {"size": name, "detect_s": r["wall_s"], "rss_gib": r["rss_gib"],
-            "stages": r["timings"], "quality": q}
+    out = []
+    for cap in caps:
+        d = work / f"det-{name}-cap{cap}"
+        r = run_detect(log, d, max_prompts=cap, max_rss_gib=max_rss_gib)
+        q = evaluate(d, log / "truth.csv")
+        print(f"[{name}] max_prompts={cap}: detect {r['wall_s']:.1f} s, quality {q}", flush=True)
+        out.append({"size": name, "max_prompts": cap, "detect_s": r["wall_s"],
+                    "rss_gib": r["rss_gib"], "stages": r["timings"], "quality": q})
+    return out
 
 
 def _fmt_q(q: dict) -> str:
@@ -153,9 +179,9 @@ def _fmt_q(q: dict) -> str:
             f"benign FPR {q['benign_fpr']:.4f}, R@0.1%FPR {q['recall_at_0.1pct_fpr']:.3f}")
 
 
-def markdown(results: list[dict], cap: dict | None) -> str:
-    lines = ["| size | exchanges | accounts | runs | parse floor | detect | detect / floor | "
-             "exchanges/s | peak RSS | stages (s) | quality |",
+def markdown(results: list[dict], cap: list[dict] | None) -> str:
+    lines = [("| size | exchanges | accounts | runs | parse floor | detect | detect / floor | "
+              "exchanges/s | peak RSS | stages (s) | quality |"),
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         st = ", ".join(f"{k} {v:.1f}" for k, v in r["stages"].items())
@@ -165,9 +191,14 @@ def markdown(results: list[dict], cap: dict | None) -> str:
             f"{r['exchanges_per_s']:,.0f} | {r['rss_gib']:.2f} GiB | {st} | "
             f"{_fmt_q(r['quality'])} |")
     if cap:
-        lines += ["", f"Prompt cap lifted at {cap['size']} (max_prompts = 10**9): detect "
-                      f"{cap['detect_s']:.1f} s, peak RSS {cap['rss_gib']:.2f} GiB, "
-                      f"{_fmt_q(cap['quality'])}."]
+        lines += ["", ("Per-account prompt cap (`max_prompts`; detect's default is 64), "
+                       f"at {cap[0]['size']}:"), "",
+                  "| max_prompts | detect | content stage | peak RSS | quality |",
+                  "|---|---|---|---|---|"]
+        for c in cap:
+            lines.append(f"| {c['max_prompts']:,} | {c['detect_s']:.1f} s | "
+                         f"{c['stages'].get('content', float('nan')):.1f} s | "
+                         f"{c['rss_gib']:.2f} GiB | {_fmt_q(c['quality'])} |")
     return "\n".join(lines) + "\n"
 
 
@@ -181,8 +212,13 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, default=Path("bench-detect.md"),
                     help="Markdown table; JSON is written next to it.")
     ap.add_argument("--cap-check", default=None, metavar="SIZE",
-                    help="Also run detect without the per-account prompt cap at SIZE.")
+                    help="Also run detect at SIZE with the prompt caps of --caps.")
+    ap.add_argument("--caps", default="1000000000",
+                    help="Comma-separated max_prompts values for --cap-check (1e9: no cap).")
+    ap.add_argument("--max-rss-gib", type=float, default=14.0,
+                    help="Kill a detect run whose RSS passes this (0: no limit).")
     args = ap.parse_args(argv)
+    lim = args.max_rss_gib or None
     sizes = [s.strip() for s in args.sizes.split(",") if s.strip()]
     bad = [s for s in sizes if s not in SIZES]
     if bad:
@@ -191,9 +227,10 @@ def main(argv=None) -> int:
     results = []
     for s in sizes:
         rep = args.repeat or (3 if s == "1m" else 1)
-        results.append(bench_size(args.work, s, rep))
+        results.append(bench_size(args.work, s, rep, lim))
         args.out.write_text(markdown(results, None))  # partial results survive a kill
-    cap = cap_check(args.work, args.cap_check) if args.cap_check else None
+    caps = [int(float(c)) for c in args.caps.split(",") if c.strip()]
+    cap = cap_check(args.work, args.cap_check, caps, lim) if args.cap_check else None
     args.out.write_text(markdown(results, cap))
     args.out.with_suffix(".json").write_text(
         json.dumps({"results": results, "cap_check": cap}, indent=1) + "\n")

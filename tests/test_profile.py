@@ -32,9 +32,8 @@ def test_stages_recorded_in_order_with_times():
 
 def test_stage_recorded_when_body_raises():
     prof = StageProfiler()
-    with pytest.raises(ValueError):
-        with prof.stage("boom"):
-            raise ValueError("x")
+    with pytest.raises(ValueError), prof.stage("boom"):
+        raise ValueError("x")
     assert [r.name for r in prof.records_] == ["boom"]
 
 

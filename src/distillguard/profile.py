@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["StageRecord", "StageProfiler", "current_rss", "peak_rss", "reset_peak_rss"]
+__all__ = ["StageProfiler", "StageRecord", "current_rss", "peak_rss", "reset_peak_rss"]
 
 _STATUS = Path("/proc/self/status")
 _CLEAR = Path("/proc/self/clear_refs")
@@ -31,7 +31,7 @@ _CLEAR = Path("/proc/self/clear_refs")
 
 def _status_kib(field: str) -> int | None:
     try:
-        m = re.search(rf"^{field}:\s+(\d+)\s+kB", _STATUS.read_text(), re.M)
+        m = re.search(rf"^{field}:\s+(\d+)\s+kB", _STATUS.read_text(), re.MULTILINE)
     except OSError:
         return None
     return int(m[1]) if m else None

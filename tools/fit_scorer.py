@@ -36,8 +36,20 @@ def features_for(scenario: str, scale: float, seed: int, work: Path, signals):
                   releases=d / "releases.csv") as log:
         f = build_features(log, signals)
     truth = read_labels(d / "truth.csv")
-    acc = f.accounts.join(truth.select("account_id", "label"), on="account_id", how="left")
+    acc = f.accounts.join(truth.select("account_id", "label", "segment"), on="account_id",
+                          how="left")
     return acc
+
+
+def segment_weights(acc: pl.DataFrame) -> np.ndarray:
+    """Weights giving each (label, segment) population the same total within its label, and
+    attack and benign the same total overall; mean weight 1."""
+    seg = acc.select(
+        pl.col("label"),
+        n_seg=pl.len().over("label", "segment").cast(pl.Float64),
+        n_segs=pl.col("segment").n_unique().over("label").cast(pl.Float64))
+    w = (1.0 / (seg["n_seg"] * seg["n_segs"])).to_numpy()
+    return w * len(w) / w.sum()
 
 
 def main() -> None:
@@ -45,13 +57,18 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=ROOT / "src/distillguard/data/models/scorer-v1.json")
     ap.add_argument("--work", type=Path, default=None)
     ap.add_argument("--C", type=float, default=1.0)
+    ap.add_argument("--weighting", choices=["segment", "class"], default="segment",
+                    help="segment: every simulated population (each look-alike, each campaign) "
+                         "weighs the same in the fit, attack and benign halves equal; "
+                         "class: attack vs benign balanced only")
     args = ap.parse_args()
     signals = load_signals()
     work = args.work or Path(tempfile.mkdtemp(prefix="dg-fit-"))
     frames = [features_for(sc, scale, seed, work, signals) for sc, scale, seed in TRAIN]
     acc = pl.concat(frames, how="diagonal_relaxed")
     y = (acc["label"] == "attack").to_numpy().astype(int)
-    scorer = Scorer(signals=signals, C=args.C).fit(acc, y)
+    w = segment_weights(acc) if args.weighting == "segment" else None
+    scorer = Scorer(signals=signals, C=args.C).fit(acc, y, sample_weight=w)
     s = scorer.score(acc)
     v = scorer.decide(s)
     tp = int(((v == "attack") & (y == 1)).sum())

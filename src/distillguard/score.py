@@ -100,8 +100,14 @@ class Scorer:
         return "learned" if self.is_fitted() else "rules"
 
     # -- estimator API -----------------------------------------------------------------
-    def fit(self, features: pl.DataFrame, y: np.ndarray) -> "Scorer":
-        """Learn weights and thresholds from labelled accounts (y: 1 = attack)."""
+    def fit(self, features: pl.DataFrame, y: np.ndarray,
+            sample_weight: np.ndarray | None = None) -> "Scorer":
+        """Learn weights and thresholds from labelled accounts (y: 1 = attack).
+
+        ``sample_weight`` lets rare but important populations (a single evaluation company,
+        one coding product) count as much as thousands of casual users; thresholds are still
+        fitted on unweighted benign counts.
+        """
         from sklearn.linear_model import LogisticRegression
 
         if not 0 < self.target_fpr < 0.5:
@@ -109,9 +115,9 @@ class Scorer:
                               f"Got {self.target_fpr!r} instead.")
         y = np.asarray(y).astype(int)
         X = self._signals().strengths(features)
-        lr = LogisticRegression(C=self.C, class_weight="balanced", max_iter=2000,
-                                random_state=self.seed)
-        lr.fit(X, y)
+        lr = LogisticRegression(C=self.C, class_weight=None if sample_weight is not None
+                                else "balanced", max_iter=5000, random_state=self.seed)
+        lr.fit(X, y, sample_weight=sample_weight)
         self.coef_ = lr.coef_[0].copy()
         self.intercept_ = float(lr.intercept_[0])
         raw = _sigmoid(X @ self.coef_ + self.intercept_)

@@ -176,15 +176,19 @@ def test_middleware_enforces(policy):
 
 
 def test_default_policy_blocks_a_simulated_campaign_account():
-    """End to end with the real scorer: a campaign-like account is acted on."""
+    """End to end with the real scorer: a small hydra (accounts sharing proxy IPs, a client
+    and a CoT template) is acted on. A lone account is capped below attack by design."""
     eng = DecisionEngine(sync=True)
     eng.detector.grace = 5
-    acts = []
-    for i in range(60):
-        d = eng.decide({"account_id": "bot", "ts": 1_750_000_000 + 1.0 * i,
+    acts = {}
+    d = None
+    for i in range(300):
+        bot = f"bot{i % 6}"
+        d = eng.decide({"account_id": bot, "ts": 1_750_000_000 + 1.0 * i,
                         "prompt": f"Solve step by step and show all reasoning: {i} * 17 = ?",
                         "max_tokens": 8192, "thinking": True, "temperature": 0.0,
-                        "tier": "education", "ip": f"10.0.{i % 250}.{i % 7}"})
-        acts.append(d.action)
-    assert acts[0] == "allow"
-    assert d.verdict in ("suspicious", "attack") and acts[-1] != "allow", d
+                        "tier": "education", "ip": f"203.0.113.{i % 9}",
+                        "user_agent": "python-httpx/0.27", "tls_fingerprint": "t13d1516h2_x"})
+        acts.setdefault(bot, []).append(d.action)
+    assert all(a[0] == "allow" for a in acts.values())
+    assert d.verdict in ("suspicious", "attack") and acts[d.account_id][-1] != "allow", d

@@ -189,6 +189,8 @@ def _tab_table() -> np.ndarray:
 
 
 _TAB = _tab_table()
+# flat copy whose row _TOKEN_BYTES is 0 (XOR's identity): bytes past a token's cap add nothing
+_TAB_WORDS = np.concatenate([_TAB[:_TOKEN_BYTES].ravel(), np.zeros(256, np.uint64)])
 
 
 def _byte_ngrams(s: pl.Series, n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -230,11 +232,12 @@ def _word_ngrams(tokens: pl.Series) -> tuple[np.ndarray, np.ndarray]:
     if len(start) == 0:
         z = np.zeros(len(counts), np.int64)
         return z, np.zeros(0, np.uint64), z, np.zeros(0, np.uint64)
-    k = np.arange(int(offs[-1]) - lo, dtype=np.int64) - np.repeat(start, tlen)
-    k = np.minimum(k, _TOKEN_BYTES)  # bytes past the cap all hash to row _TOKEN_BYTES ...
-    v = _TAB[k, data[lo:int(offs[-1])]]
-    v[k == _TOKEN_BYTES] = 0  # ... and are then ignored (0 is XOR's identity)
-    h = np.bitwise_xor.reduceat(v, start)
+    nb = int(offs[-1]) - lo
+    k = np.arange(nb, dtype=np.int32) - np.repeat(start.astype(np.int32), tlen)
+    np.minimum(k, _TOKEN_BYTES, out=k)
+    k <<= 8
+    k += data[lo:lo + nb]
+    h = np.bitwise_xor.reduceat(_TAB_WORDS[k], start)
     h = _avalanche(h ^ (np.minimum(tlen, 4095).astype(np.uint64) << np.uint64(52)))
     row = np.repeat(np.arange(len(counts), dtype=np.int64), counts)
     same = row[1:] == row[:-1]

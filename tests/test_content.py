@@ -173,6 +173,17 @@ def test_mine_templates_deterministic_and_edge_cases():
     assert r[0] == r[1] and r[2] != r[0]
 
 
+def test_mine_templates_chunking_does_not_change_ids(monkeypatch):
+    from distillguard.content import templates
+
+    df = pl.concat([_campaign_frame(), pl.DataFrame(
+        {"prompt": [None, "", "<num>", "a " * 40, "a " * 41, "¿qué? " * 3]},
+        schema={"prompt": pl.String})], how="diagonal")
+    whole = mine_templates(df, seed=0)
+    monkeypatch.setattr(templates, "_CHUNK", 3)
+    assert mine_templates(df, seed=0).equals(whole)
+
+
 def test_account_template_stats():
     df = _campaign_frame().with_columns(mine_templates(_campaign_frame()))
     shared = df.filter(pl.col("account_id") == "a1").with_columns(

@@ -151,6 +151,22 @@ def _lsh_edges(sig: np.ndarray, bands: int, rows: int, threshold: float) -> np.n
     return e[:, est >= threshold]
 
 
+_CHUNK = 200_000  # distinct prompts normalised and tokenised at a time
+
+
+def _skeleton_keys(p: pl.Series, head: int, tail: int) -> pl.DataFrame:
+    """Joined head / tail token strings (``h``, ``tl``) of the normalised prompts ``p``."""
+    toks = pl.DataFrame({"t": normalize_prompts(p)}).select(
+        pl.col("t").str.extract_all(_TOKEN).alias("t"))
+    short = pl.col("t").list.len() <= head + tail
+    return toks.select(
+        pl.when(short).then(pl.col("t")).otherwise(pl.col("t").list.head(head))
+        .list.join(" ").alias("h"),
+        pl.when(short).then(pl.col("t")).otherwise(pl.col("t").list.tail(tail))
+        .list.join(" ").alias("tl"),
+    )
+
+
 def mine_templates(
     df: pl.DataFrame,
     *,
@@ -171,30 +187,26 @@ def mine_templates(
     n = df.height
     if n == 0:
         return pl.Series("template_id", [], dtype=pl.Int64)
-    # normalise and tokenise each distinct prompt once (replays, shared wrappers)
+    # normalise and tokenise each distinct prompt once (replays, shared wrappers), in chunks
+    # so that only the head/tail skeleton keys outlive a chunk (bounded memory)
     dist = (pl.DataFrame({"p": df[text_col].cast(pl.String).fill_null("")})
             .with_row_index("row").group_by("p").agg(pl.col("row")))
-    norm = normalize_prompts(dist["p"])
-    toks = pl.DataFrame({"t": norm}).select(
-        pl.col("t").str.extract_all(_TOKEN).alias("t"))["t"]
-    tf = pl.DataFrame({"t": toks}).with_columns(pl.col("t").list.len().alias("n"))
-    short = pl.col("n") <= head + tail
-    tf = tf.select(
-        pl.when(short).then(pl.col("t")).otherwise(pl.col("t").list.head(head)).alias("h"),
-        pl.when(short).then(pl.col("t")).otherwise(pl.col("t").list.tail(tail)).alias("tl"),
-    )
+    key = pl.concat([_skeleton_keys(dist["p"].slice(i, _CHUNK), head, tail)
+                     for i in range(0, dist.height, _CHUNK)])
+    key = key.with_columns(pl.Series("row", dist["row"]))
+    del dist
     # exact skeleton dedupe first (replays and verbatim templates cost nothing more);
     # skeletons ordered by their first row, so LSH sees them in row order
-    key = tf.select(
-        pl.col("h").list.join(" ").alias("h"), pl.col("tl").list.join(" ").alias("tl"),
-        pl.Series("row", dist["row"]), pl.Series("d", np.arange(dist.height, dtype=np.int64)),
-    )
     uniq = (key.group_by(["h", "tl"])
-            .agg(pl.col("row").flatten(), pl.col("d").first())
+            .agg(pl.col("row").flatten())
             .with_columns(pl.col("row").list.min().alias("rep")).sort("rep"))
+    del key
     m = uniq.height
     rep = uniq["rep"].to_numpy()
-    rep_tf = tf[uniq["d"].to_numpy()]
+    # tokens never contain spaces, so splitting the joined key gives the token list back
+    rep_tf = uniq.select(
+        [pl.when(pl.col(c) == "").then(pl.lit([], dtype=pl.List(pl.String)))
+         .otherwise(pl.col(c).str.split(" ")).alias(c) for c in ("h", "tl")])
     bands, rows = _bands(num_perm, threshold)
     edges = []
     for col, salt in (("h", np.uint64(0)), ("tl", _TAIL_SALT)):

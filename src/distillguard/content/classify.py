@@ -432,11 +432,11 @@ def predict_tasks(events: pl.DataFrame, model: TaskClassifier | None = None, *,
     wrapper rule fired, then the first payload rule).
     """
     n = events.height
-    get = (lambda c: events[c] if c in events.columns else None)
+    get = (lambda c: events[c] if c in events.columns else None)  # noqa: E731
     if "prompt" not in events.columns:
         raise KeyError("events frame has no 'prompt' column")
-    texts = compose_texts(events["prompt"], get("system"), get("tool_names"))
     if model is None:
+        texts = compose_texts(events["prompt"], get("system"), get("tool_names"))
         task = rule_based_task(texts)
         cot = _rule_flag(texts, _COT)
         sens = _rule_flag(texts, _SENSITIVE)
@@ -444,17 +444,20 @@ def predict_tasks(events: pl.DataFrame, model: TaskClassifier | None = None, *,
             _payload_rule_expr().alias("y"))["y"].to_numpy().astype(object)
         base = np.where(np.isin(task, WRAPPER_CLASSES), base_rules, task)
     else:
+        # classifier input composed per batch: no second copy of all texts at once
         parts = {"task": [], "base": [], "cot": [], "sens": []}
         payload = np.array([c not in WRAPPER_CLASSES for c in model.classes_])
         for i in range(0, n, batch_size):
-            p = model.predict_proba(texts[i:i + batch_size])
-            parts["task"].append(model.classes_[p.argmax(axis=1)])
-            pb = np.where(payload, p, -1.0)
-            parts["base"].append(model.classes_[pb.argmax(axis=1)])
+            b = events.slice(i, batch_size)
+            getb = (lambda c, b=b: b[c] if c in b.columns else None)
+            p = model.predict_proba(compose_texts(b["prompt"], getb("system"),
+                                                  getb("tool_names")))
+            parts["task"].append(p.argmax(axis=1))
+            parts["base"].append(np.where(payload, p, -1.0).argmax(axis=1))
             parts["cot"].append(p[:, model.class_index("cot_elicitation")])
             parts["sens"].append(p[:, model.class_index("sensitive_rewrite")])
         cat = (lambda k, dt: np.concatenate(parts[k]) if n else np.array([], dtype=dt))
-        task, base = cat("task", object), cat("base", object)
+        task, base = model.classes_[cat("task", np.int64)], model.classes_[cat("base", np.int64)]
         cot, sens = cat("cot", np.float64), cat("sens", np.float64)
     return pl.DataFrame({
         "task": pl.Series(task, dtype=pl.String), "task_base": pl.Series(base, dtype=pl.String),

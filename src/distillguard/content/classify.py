@@ -432,7 +432,7 @@ def predict_tasks(events: pl.DataFrame, model: TaskClassifier | None = None, *,
     wrapper rule fired, then the first payload rule).
     """
     n = events.height
-    get = (lambda c: events[c] if c in events.columns else None)  # noqa: E731
+    get = (lambda c: events[c] if c in events.columns else None)
     if "prompt" not in events.columns:
         raise KeyError("events frame has no 'prompt' column")
     if model is None:

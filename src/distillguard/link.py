@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+import numpy as np
 import polars as pl
 
 INCIDENCE_SCHEMA = {"account_id": pl.String, "kind": pl.String, "value": pl.String}
@@ -98,55 +99,76 @@ def incidences(events: pl.LazyFrame, accounts: pl.DataFrame,
 
 
 def edges_from_incidences(inc: pl.DataFrame, n_accounts: int, cfg: LinkConfig) -> pl.DataFrame:
-    """Account–account edges from shared values, linear in the number of incidences."""
+    """Account–account edges from shared values, linear in the number of incidences.
+
+    Works on integer codes (accounts numbered in sorted-id order, each (kind, value) a dense
+    group id, pair rows generated with numpy rank arithmetic, kinds carried as a bit mask),
+    because string-keyed pair rows cost ~1 KB each and took > 11 GiB at 4M exchanges.
+    """
     schema = {"src": pl.String, "dst": pl.String, "weight": pl.Float64,
               "n_kinds": pl.UInt32, "kinds": pl.List(pl.String)}
     if inc.is_empty() or n_accounts < 2:
         return pl.DataFrame(schema=schema)
     max_k = max(2, int(cfg.max_share * n_accounts))
     log_n = math.log(max(n_accounts, 3))
-    weights = pl.DataFrame({"kind": list(cfg.kind_weights),
-                            "kind_weight": [float(v) for v in cfg.kind_weights.values()]})
-    g = (inc.with_columns(k=pl.len().over("kind", "value"))
-         .filter((pl.col("k") >= 2) & (pl.col("k") <= max_k))
+    kinds = sorted(k for k, v in cfg.kind_weights.items() if v > 0)  # code order = name order
+    kw = np.array([float(cfg.kind_weights[k]) for k in kinds])
+    fam_of = {k: f for f, ks in cfg.families.items() for k in ks}
+    fams = sorted({fam_of.get(k, k) for k in kinds})
+    kfam = [fams.index(fam_of.get(k, k)) for k in kinds]
+    ids = inc["account_id"].unique().sort()
+    # one global seeded order of accounts (not per value), so that the rings of two values
+    # with the same members coincide and their pairs keep both kinds
+    g = (inc.filter(pl.col("kind").is_in(kinds))
          .with_columns(
-             # one global order of accounts (not per value), so that the rings of two values
-             # with the same members coincide and their pairs keep both kinds
-             order=pl.col("account_id").hash(seed=cfg.seed))
-         .with_columns(r=pl.col("order").rank("ordinal").over("kind", "value").cast(pl.Int64) - 1)
-         .join(weights, on="kind", how="inner")
-         .with_columns(w=pl.col("kind_weight") * (math.log(n_accounts) - pl.col("k").log())
-                       / log_n)
-         .drop("order"))
+             a=pl.col("account_id").replace_strict(
+                 ids, pl.int_range(len(ids), eager=True), return_dtype=pl.UInt32),
+             kc=pl.col("kind").replace_strict(kinds, list(range(len(kinds))),
+                                              return_dtype=pl.UInt8),
+             o=pl.col("account_id").hash(seed=cfg.seed))
+         .with_columns(gid=pl.struct("kc", "value").rank("dense").cast(pl.UInt32))
+         .with_columns(k=pl.len().over("gid"))
+         .filter((pl.col("k") >= 2) & (pl.col("k") <= max_k))
+         .sort("gid", "o")
+         .select("a", "kc", "gid", "k"))
     if g.is_empty():
         return pl.DataFrame(schema=schema)
-    span = (pl.when(pl.col("k") <= cfg.full_pairs_max).then(pl.col("k") - 1)
-            .otherwise(min(cfg.ring_degree, cfg.full_pairs_max)))
-    src = (g.with_columns(d=pl.int_ranges(1, span + 1)).explode("d", empty_as_null=True)
-           .with_columns(r2=(pl.col("r") + pl.col("d")) % pl.col("k"))
-           .select("kind", "value", "account_id", "r2", "w"))
-    pairs = (src.join(g.select("kind", "value", pl.col("r").alias("r2"),
-                               pl.col("account_id").alias("other")),
-                      on=["kind", "value", "r2"])
-             .select(src=pl.min_horizontal("account_id", "other"),
-                     dst=pl.max_horizontal("account_id", "other"), kind="kind", value="value",
-                     w="w")
-             .unique(["src", "dst", "kind", "value"]))
+    a = g["a"].to_numpy().astype(np.int64)
+    kc = g["kc"].to_numpy().astype(np.int64)
+    k = g["k"].to_numpy().astype(np.int64)
+    gid = g["gid"].to_numpy()
+    n = len(a)
+    start = np.flatnonzero(np.r_[True, gid[1:] != gid[:-1]])
+    gstart = np.repeat(start, np.diff(np.r_[start, n]))
+    r = np.arange(n) - gstart
+    # a value shared by at most full_pairs_max accounts links all pairs (each once); a larger
+    # group is a ring lattice: each account to its ring_degree successors
+    full = k <= cfg.full_pairs_max
+    span = np.where(full, k - 1, min(cfg.ring_degree, cfg.full_pairs_max))
+    i = np.repeat(np.arange(n), span)
+    d = np.arange(len(i)) - np.repeat(np.cumsum(span) - span, span) + 1
+    r2 = (r[i] + d) % k[i]
+    keep = ~full[i] | (r2 > r[i])
+    i, j = i[keep], gstart[i[keep]] + r2[keep]
+    w = kw[kc[i]] * (math.log(n_accounts) - np.log(k[i])) / log_n
+    lo, hi = np.minimum(a[i], a[j]), np.maximum(a[i], a[j])
+    pairs = pl.DataFrame({"p": (lo << 32) | hi, "kc": kc[i], "w": w, "gid": gid[i]})
+    if 2 * min(cfg.ring_degree, cfg.full_pairs_max) > cfg.full_pairs_max:  # a ring may wrap
+        pairs = pairs.unique(["p", "kc", "gid"])
     # every shared rare value adds evidence, up to a cap per kind and per family, so a pair
     # sharing many proxy IPs and many templates outweighs one sharing a single address
-    fam = pl.DataFrame({"kind": [k for ks in cfg.families.values() for k in ks],
-                        "family": [f for f, ks in cfg.families.items() for _ in ks]},
-                       schema={"kind": pl.String, "family": pl.String})
-    per_kind = (pairs.group_by("src", "dst", "kind")
+    per_kind = (pairs.group_by("p", "kc")
                 .agg(w=pl.col("w").sum().clip(upper_bound=cfg.kind_cap))
-                .join(fam, on="kind", how="left")
-                .with_columns(pl.col("family").fill_null(pl.col("kind"))))
-    per_family = per_kind.group_by("src", "dst", "family").agg(
-        w=pl.col("w").sum().clip(upper_bound=cfg.family_cap), kinds=pl.col("kind"))
-    edges = per_family.group_by("src", "dst").agg(
-        weight=pl.col("w").sum(), n_families=pl.len(),
-        kinds=pl.col("kinds").list.explode(keep_nulls=False, empty_as_null=False).sort())
-    return (edges.filter((pl.col("n_families") >= cfg.min_families)
-                         & (pl.col("weight") >= cfg.min_weight))
-            .with_columns(n_kinds=pl.col("kinds").list.len())
+                .with_columns(f=pl.col("kc").replace_strict(list(range(len(kinds))), kfam),
+                              bit=pl.lit(2, pl.Int64).pow(pl.col("kc").cast(pl.Int64))))
+    per_fam = per_kind.group_by("p", "f").agg(
+        w=pl.col("w").sum().clip(upper_bound=cfg.family_cap), m=pl.col("bit").sum())
+    e = (per_fam.group_by("p").agg(weight=pl.col("w").sum(), n_fam=pl.len(), m=pl.col("m").sum())
+         .filter((pl.col("n_fam") >= cfg.min_families) & (pl.col("weight") >= cfg.min_weight)))
+    p = e["p"].to_numpy()
+    out = pl.DataFrame({"src": ids.gather(p >> 32), "dst": ids.gather(p & 0xFFFFFFFF),
+                        "weight": e["weight"], "m": e["m"]})
+    kinds_l = pl.concat_list([pl.when((pl.col("m") // (1 << b)) % 2 == 1).then(pl.lit(kd))
+                              for b, kd in enumerate(kinds)]).list.drop_nulls()
+    return (out.with_columns(kinds=kinds_l).with_columns(n_kinds=pl.col("kinds").list.len())
             .select(list(schema)).sort("src", "dst").cast(schema))

@@ -133,9 +133,11 @@ def simulate(scenario, scale, seed, out, fmt, list_, quiet):
 @click.option("--allowlist", type=click.Path(path_type=Path), default=None,
               help="CSV with account_id: customers allowed to generate training data "
                    "(scored, never given verdict attack).")
+@click.option("--profile", "profile", is_flag=True,
+              help="Print a per-stage time and peak-memory table at the end (stderr).")
 @_quiet_opt
 def detect(paths, accounts, releases, skip_invalid, log_format, account_from, ts_from, out,
-           model_path, allowlist, quiet):
+           model_path, allowlist, profile, quiet):
     """Detect distillation campaigns: writes accounts.csv, clusters.json, report.html.
 
     \b
@@ -144,11 +146,15 @@ def detect(paths, accounts, releases, skip_invalid, log_format, account_from, ts
           --releases sim/releases.csv --out det/
     """
     from .detect import detect as run_detect
+    from .profile import StageProfiler
 
+    prof = StageProfiler()
     result = run_detect(list(paths), accounts=accounts, releases=releases, out=out,
                         skip_invalid=skip_invalid, model_path=model_path,
                         format=log_format, account_from=account_from, ts_from=ts_from,
-                        allowlist=allowlist, progress=_progress_enabled(quiet))
+                        allowlist=allowlist, progress=_progress_enabled(quiet), profiler=prof)
+    if profile:
+        prof.render(file=sys.stderr, title="detect profile")
     click.echo(result.summary())
 
 

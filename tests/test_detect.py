@@ -102,3 +102,15 @@ def test_tiny_log_with_no_clusters(tmp_path):
     assert res.n_accounts == 3 and res.n_clusters == 0
     acc = pl.read_csv(tmp_path / "o" / "accounts.csv")
     assert acc.height == 3
+
+
+def test_detect_cli_profile_prints_stage_table(sim, tmp_path):
+    r = CliRunner().invoke(cli, ["detect", str(sim / "events"), "--accounts",
+                                 str(sim / "accounts.csv"), "--out", str(tmp_path / "o"),
+                                 "--profile", "--quiet"])
+    assert r.exit_code == 0, r.output
+    text = r.output + (r.stderr if hasattr(r, "stderr") else "")
+    for stage in ("read", "fingerprint", "content", "link", "cluster", "score", "report"):
+        assert stage in text
+    run = json.loads((tmp_path / "o" / "run.json").read_text())
+    assert set(run["timings"]) >= {"read", "content", "link", "cluster"}

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import json
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 import polars as pl
+from rich.console import Console
 
 from . import __version__
 from .cluster import cluster_features, leiden_clusters, neighbour_features
@@ -23,6 +25,7 @@ from .content_signals import content_features, sample_prompts
 from .errors import ConfigError
 from .fingerprint import account_features
 from .link import edges_from_incidences, incidences
+from .profile import StageProfiler
 from .read import Log, read_log
 from .score import Scorer
 from .signals import SignalSet, load_signals
@@ -72,39 +75,53 @@ class DetectResult:
 CLUSTER_PREFIX = "c_"
 
 
-def build_features(log: Log, signals: SignalSet, *, max_prompts: int = 64,
-                   seed: int = 0) -> Features:
+class _Stages:
+    """Times each stage (and its peak memory) and, on a terminal, shows which one runs."""
+
+    def __init__(self, profiler: StageProfiler, progress: bool) -> None:
+        self.profiler = profiler
+        self.console = Console(stderr=True) if progress else None
+
+    @contextmanager
+    def __call__(self, name: str, what: str):
+        with self.profiler.stage(name):
+            if self.console is None:
+                yield
+            else:
+                with self.console.status(f"{what}…"):
+                    yield
+                self.console.log(f"{name}: done")
+
+
+def build_features(log: Log, signals: SignalSet, *, max_prompts: int = 64, seed: int = 0,
+                   profiler: StageProfiler | None = None, progress: bool = False) -> Features:
     """Fingerprint, content, link and cluster stages over a read log."""
-    t: dict[str, float] = {}
-    t0 = time.perf_counter()
-    feats = account_features(log.events, log.accounts, log.releases)
-    t["fingerprint"] = time.perf_counter() - t0
-
-    t0 = time.perf_counter()
-    sample = sample_prompts(log.events, max_prompts=max_prompts, seed=seed)
-    content, sample = content_features(sample, seed=seed)
-    feats = feats.join(content, on="account_id", how="left")
-    t["content"] = time.perf_counter() - t0
-
-    t0 = time.perf_counter()
-    cfg = signals.link
-    seen = log.accounts.join(feats.select("account_id"), on="account_id", how="semi")
-    inc = incidences(log.events, seen, sample.select("account_id", "ts", "template_id"), cfg)
-    edges = edges_from_incidences(inc, feats.height, cfg)
-    t["link"] = time.perf_counter() - t0
-
-    t0 = time.perf_counter()
-    cl = signals.cluster
-    membership = leiden_clusters(edges, min_size=int(cl.get("min_size", 3)),
-                                 resolution=float(cl.get("resolution", 1.0)),
-                                 objective=str(cl.get("objective", "modularity")), seed=seed)
-    cfeats = cluster_features(feats, membership, edges, sample)
-    nbr = neighbour_features(feats, edges)
-    feats = attach_cluster_features(feats, membership, cfeats).join(nbr, on="account_id",
-                                                                    how="left")
-    t["cluster"] = time.perf_counter() - t0
+    prof = profiler if profiler is not None else StageProfiler()
+    stage = _Stages(prof, progress)
+    with stage("fingerprint", "per-account behavioural features"):
+        feats = account_features(log.events, log.accounts, log.releases)
+    with stage("content", f"classifying and template-mining ≤ {max_prompts} prompts/account"):
+        sample = sample_prompts(log.events, max_prompts=max_prompts, seed=seed)
+        content, sample = content_features(sample, seed=seed)
+        feats = feats.join(content, on="account_id", how="left")
+    with stage("link", "linking accounts by shared rare attributes"):
+        cfg = signals.link
+        seen = log.accounts.join(feats.select("account_id"), on="account_id", how="semi")
+        inc = incidences(log.events, seen, sample.select("account_id", "ts", "template_id"),
+                         cfg)
+        edges = edges_from_incidences(inc, feats.height, cfg)
+    with stage("cluster", "Leiden clusters and group features"):
+        cl = signals.cluster
+        membership = leiden_clusters(edges, min_size=int(cl.get("min_size", 3)),
+                                     resolution=float(cl.get("resolution", 1.0)),
+                                     objective=str(cl.get("objective", "modularity")),
+                                     seed=seed)
+        cfeats = cluster_features(feats, membership, edges, sample)
+        nbr = neighbour_features(feats, edges)
+        feats = attach_cluster_features(feats, membership, cfeats).join(nbr, on="account_id",
+                                                                        how="left")
     return Features(accounts=feats, membership=membership, clusters=cfeats, edges=edges,
-                    sample=sample, timings=t)
+                    sample=sample, timings=prof.timings())
 
 
 def attach_cluster_features(feats: pl.DataFrame, membership: pl.DataFrame,
@@ -153,29 +170,36 @@ def detect(paths: list, *, accounts=None, releases=None, out: Path, skip_invalid
            model_path: Path | None = None, signals_path: Path | None = None,
            max_prompts: int = 64, progress: bool = False, seed: int = 0,
            format: str = "auto", account_from: str | None = None,
-           ts_from: str | None = None, allowlist: Path | None = None) -> DetectResult:
+           ts_from: str | None = None, allowlist: Path | None = None,
+           profiler: StageProfiler | None = None) -> DetectResult:
     """Run the batch pipeline and write accounts.csv, clusters.json and report.html.
 
     ``format`` / ``account_from`` / ``ts_from`` select and complete the input format (see
     ``docs/formats``); the default ``auto`` recognises each file by its content.
     ``allowlist``: CSV with an ``account_id`` column — customers with written permission to
     generate training data; they keep their score but get verdict ``benign`` and the reason
-    ``allowlisted``.
+    ``allowlisted``. ``profiler`` collects per-stage time and peak memory (``--profile``).
     """
     from .explain import render_report
     from .outputs import build_clusters_json, write_accounts_csv
 
     started = time.perf_counter()
+    prof = profiler if profiler is not None else StageProfiler()
+    stage = _Stages(prof, progress)
     out = Path(out)
     signals = load_signals(signals_path)
     allowed = read_allowlist(allowlist) if allowlist is not None else set()
     scorer = load_scorer(model_path, signals)
     out.mkdir(parents=True, exist_ok=True)
-    with read_log(paths, accounts=accounts, releases=releases, skip_invalid=skip_invalid,
-                  progress=progress, format=format, account_from=account_from,
-                  ts_from=ts_from) as log:
-        f = build_features(log, signals, max_prompts=max_prompts, seed=seed)
-        scored = scorer.run(f.accounts)
+    with prof.stage("read"):
+        log = read_log(paths, accounts=accounts, releases=releases, skip_invalid=skip_invalid,
+                       progress=progress, format=format, account_from=account_from,
+                       ts_from=ts_from)
+    with log:
+        f = build_features(log, signals, max_prompts=max_prompts, seed=seed, profiler=prof,
+                           progress=progress)
+        with stage("score", "scoring"):
+            scored = scorer.run(f.accounts)
         acc = f.accounts.with_columns(
             score=pl.Series(np.round(scored.score, 6)),
             verdict=pl.Series(scored.verdict, dtype=pl.String),
@@ -190,7 +214,8 @@ def detect(paths: list, *, accounts=None, releases=None, out: Path, skip_invalid
                                                            separator=";", ignore_nulls=True)
                                              .str.strip_chars(";"))
                 .otherwise("reasons"))
-        clusters = build_clusters_json(acc, f, log, scorer)
+        with stage("explain", "building cluster evidence"):
+            clusters = build_clusters_json(acc, f, log, scorer)
         # accounts known only from the accounts table (no traffic) are listed too
         dormant = (log.accounts.join(acc.select("account_id"), on="account_id", how="anti")
                    .select("account_id", score=pl.lit(0.0), verdict=pl.lit("benign"),
@@ -214,10 +239,11 @@ def detect(paths: list, *, accounts=None, releases=None, out: Path, skip_invalid
                   "rules only: no fitted model file, weights from signals.yaml"),
         "thresholds": dict(zip(("attack", "suspicious"), scorer._params()[2:])),
         "runtime_s": round(runtime, 2),
-        "timings": {k: round(v, 2) for k, v in f.timings.items()},
+        "timings": {k: round(v, 2) for k, v in prof.timings().items()},
     }
     (out / "run.json").write_text(json.dumps(meta, indent=1) + "\n")
-    render_report(out / "report.html", accounts=acc, clusters=clusters, meta=meta)
+    with prof.stage("report"):
+        render_report(out / "report.html", accounts=acc, clusters=clusters, meta=meta)
     verdicts = dict(zip(*np.unique(acc["verdict"].to_numpy(), return_counts=True)))
     cv: dict[str, int] = {}
     for c in clusters:

@@ -25,7 +25,7 @@ class FakeOpenAI(BaseHTTPRequestHandler):
     """``/v1/chat/completions`` answering ``echo: <last message>`` with fixed usage; with
     ``reasoning`` set on the server, also ``reasoning_content`` (whole or streamed)."""
 
-    def do_POST(self):  # noqa: N802
+    def do_POST(self):
         n = int(self.headers.get("content-length", 0))
         body = json.loads(self.rfile.read(n))
         srv = self.server
@@ -125,7 +125,7 @@ def litellm_proxy(root: Path, config: str, *, files: dict[str, str] | None = Non
     penv.update(LITELLM_LOCAL_MODEL_COST_MAP="True", NO_PROXY="127.0.0.1,localhost",
                 PYTHONPATH=str(root), LITELLM_LOG="ERROR", **(env or {}))
     logf = root / "proxy.log"
-    log = open(logf, "w")
+    log = open(logf, "w")  # noqa: SIM115 (held for the life of the proxy)
     proc = subprocess.Popen(
         [sys.executable, "-c", "from litellm.proxy.proxy_cli import run_server; run_server()",
          "--config", str(root / "config.yaml"), "--host", "127.0.0.1", "--port", str(port)],

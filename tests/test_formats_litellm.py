@@ -5,15 +5,7 @@ those files. Loopback only, offline (LITELLM_LOCAL_MODEL_COST_MAP=True)."""
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import sys
-import threading
 import time
-import urllib.error
-import urllib.request
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import polars as pl
@@ -23,10 +15,12 @@ from click.testing import CliRunner
 pytest.importorskip("litellm.proxy.proxy_cli",
                      reason="litellm[proxy] is not installed (pip install 'litellm[proxy]')")
 
-from distillguard.cli import cli  # noqa: E402
-from distillguard.errors import InputError  # noqa: E402
-from distillguard.read import read_log  # noqa: E402
-from distillguard.validate import validate  # noqa: E402
+from litellm_harness import fake_openai, litellm_proxy, post
+
+from distillguard.cli import cli
+from distillguard.errors import InputError
+from distillguard.read import read_log
+from distillguard.validate import validate
 
 # A custom logger class, configured in the proxy's config.yaml, that appends the
 # StandardLoggingPayload of every call to a JSONL file.
@@ -81,48 +75,6 @@ general_settings:
 """
 
 
-class _FakeOpenAI(BaseHTTPRequestHandler):
-    """/v1/chat/completions answering with an echo and fixed usage."""
-
-    counter = 0
-
-    def do_POST(self):  # noqa: N802
-        n = int(self.headers.get("content-length", 0))
-        body = json.loads(self.rfile.read(n))
-        _FakeOpenAI.counter += 1
-        last = body["messages"][-1]["content"]
-        out = {"id": f"chatcmpl-{_FakeOpenAI.counter}", "object": "chat.completion",
-               "created": int(time.time()), "model": body["model"],
-               "choices": [{"index": 0, "finish_reason": "stop",
-                            "message": {"role": "assistant", "content": "echo: " + last}}],
-               "usage": {"prompt_tokens": 11, "completion_tokens": 7, "total_tokens": 18}}
-        data = json.dumps(out).encode()
-        self.send_response(200)
-        self.send_header("content-type", "application/json")
-        self.send_header("content-length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *args):
-        pass
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _post(port: int, key: str, payload: dict, ua: str) -> dict:
-    req = urllib.request.Request(
-        f"http://127.0.0.1:{port}/v1/chat/completions", data=json.dumps(payload).encode(),
-        headers={"Authorization": f"Bearer {key}", "content-type": "application/json",
-                 "user-agent": ua})
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    with opener.open(req, timeout=20) as r:
-        return json.loads(r.read())
-
-
 def _traffic() -> list[tuple[str, dict, str]]:
     """(key, request, user agent): a templated harvesting run from team-b's three keys, a few
     ordinary users in org-1 and team-c, and one key in no team."""
@@ -153,52 +105,21 @@ def _traffic() -> list[tuple[str, dict, str]]:
 @pytest.fixture(scope="module")
 def proxy_logs(tmp_path_factory):
     root = tmp_path_factory.mktemp("litellm")
-    upstream = ThreadingHTTPServer(("127.0.0.1", 0), _FakeOpenAI)
-    threading.Thread(target=upstream.serve_forever, daemon=True).start()
-    (root / "capture_logger.py").write_text(CAPTURE_LOGGER)
-    (root / "custom_auth.py").write_text(CUSTOM_AUTH)
-    (root / "config.yaml").write_text(CONFIG.format(upstream=upstream.server_address[1]))
     capture = root / "logs" / "litellm.jsonl"
     capture.parent.mkdir()
-    port = _free_port()
-    env = {k: v for k, v in os.environ.items() if k.lower() not in (
-        "http_proxy", "https_proxy", "all_proxy")}
-    env.update(LITELLM_LOCAL_MODEL_COST_MAP="True", DG_CAPTURE_FILE=str(capture),
-               NO_PROXY="127.0.0.1,localhost", PYTHONPATH=str(root), LITELLM_LOG="ERROR")
-    log = open(root / "proxy.log", "w")
-    proc = subprocess.Popen(
-        [sys.executable, "-c", "from litellm.proxy.proxy_cli import run_server; run_server()",
-         "--config", str(root / "config.yaml"), "--host", "127.0.0.1", "--port", str(port)],
-        cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 45
-        while True:
-            try:
-                with urllib.request.build_opener(urllib.request.ProxyHandler({})).open(
-                        f"http://127.0.0.1:{port}/health/liveliness", timeout=2):
-                    break
-            except (urllib.error.URLError, ConnectionError, OSError):
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail("LiteLLM proxy did not start:\n"
-                                + (root / "proxy.log").read_text()[-3000:])
-                time.sleep(0.3)
-        calls = _traffic()
+    calls = _traffic()
+    with fake_openai() as upstream, litellm_proxy(
+            root, CONFIG.format(upstream=upstream.server_address[1]),
+            files={"capture_logger.py": CAPTURE_LOGGER, "custom_auth.py": CUSTOM_AUTH},
+            env={"DG_CAPTURE_FILE": str(capture)}) as port:
         for key, req, ua in calls:
-            assert _post(port, key, req, ua)["choices"][0]["message"]["content"].startswith(
+            assert post(port, key, req, ua)["choices"][0]["message"]["content"].startswith(
                 "echo: ")
         deadline = time.monotonic() + 20  # the logging callback runs after the response
         while time.monotonic() < deadline:
             if capture.exists() and len(capture.read_text().splitlines()) >= len(calls):
                 break
             time.sleep(0.2)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
-        upstream.shutdown()
     lines = capture.read_text().splitlines()
     assert len(lines) == len(calls), (root / "proxy.log").read_text()[-3000:]
     return capture, calls
@@ -235,7 +156,7 @@ def test_proxy_payloads_map_onto_the_contract(proxy_logs):
     assert set(b["max_tokens"]) == {4096} and set(b["temperature"]) == {0.0}
     assert set(b["n_turns"]) == {1} and b["system_hash"].n_unique() == 1
     assert all(r.startswith("echo: Solve problem #") for r in b["response"])
-    assert sorted(b["prompt"])[0].startswith("Solve problem #0: integrate")
+    assert min(b["prompt"]).startswith("Solve problem #0: integrate")
     c = ev.filter(pl.col("account_id") == "team-c").row(0, named=True)
     assert c["tool_names"] == ["get_weather"] and c["temperature"] == 0.7
     assert ev["ts"].is_sorted() and ev["ts"].dt.year().min() >= 2024

@@ -12,7 +12,7 @@ import pytest
 pytest.importorskip("litellm.proxy.proxy_cli",
                     reason="litellm[proxy] is not installed (pip install 'litellm[proxy]')")
 
-from litellm_harness import MASTER_KEY, fake_openai, litellm_proxy, post  # noqa: E402
+from litellm_harness import MASTER_KEY, fake_openai, litellm_proxy, post
 
 # keys → (team, organisation, admin-set team metadata); the proxy's custom_auth stands in
 # for virtual keys (which need its database) and fills the same UserAPIKeyAuth fields
@@ -105,7 +105,7 @@ def test_normal_account_passes_unchanged(proxy):
 def test_blocked_account_gets_429_and_never_reaches_the_model(proxy):
     port, upstream, root = proxy
     for key, text in (("sk-block", "harvest #1"), ("sk-org", "harvest #2")):
-        status, headers, body = post(port, key, _req(text), raw=True)
+        status, _, body = post(port, key, _req(text), raw=True)
         assert status == 429, body
         assert "distillguard: block" in body.decode() and "block_free" in body.decode()
         assert _upstream_saw(upstream, text) == []

@@ -30,14 +30,19 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from fastapi import HTTPException
 from litellm.integrations.custom_logger import CustomLogger
 
+from .enforce import (
+    REASONING_KEYS,
+    record_from_request,
+    strip_reasoning,
+    strip_reasoning_request,
+)
 from .engine import DecisionEngine
-from .enforce import REASONING_KEYS, record_from_request, strip_reasoning, \
-    strip_reasoning_request
 
 #: where the hook marks a request whose response must lose its reasoning
 MARK = "distillguard_action"

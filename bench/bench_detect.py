@@ -209,8 +209,8 @@ def main(argv=None) -> int:
                     help="Runs per size (default 3 at 1m, 1 at bigger sizes).")
     ap.add_argument("--work", type=Path, default=Path("/tmp/distillguard-bench-detect"),
                     help="Where simulated logs and detect outputs live (reused).")
-    ap.add_argument("--out", type=Path, default=Path("bench-detect.md"),
-                    help="Markdown table; JSON is written next to it.")
+    ap.add_argument("--out", type=Path, default=None,
+                    help="Markdown table; JSON is written next to it (default: in --work).")
     ap.add_argument("--cap-check", default=None, metavar="SIZE",
                     help="Also run detect at SIZE with the prompt caps of --caps.")
     ap.add_argument("--caps", default="1000000000",
@@ -224,6 +224,7 @@ def main(argv=None) -> int:
     if bad:
         ap.error(f"unknown sizes {bad}; choose from {list(SIZES)}")
     args.work.mkdir(parents=True, exist_ok=True)
+    args.out = args.out or args.work / "bench-detect.md"
     results = []
     for s in sizes:
         rep = args.repeat or (3 if s == "1m" else 1)

@@ -1176,7 +1176,7 @@ def read_log(paths, *, accounts=None, releases=None, skip_invalid: bool = False,
     event_cols = list(EVENT_SCHEMA)
     try:
         with _Progress(progress, total) as bar, pq.ParquetWriter(
-                cache, arrow_schema, compression="zstd") as writer:
+                cache, arrow_schema, compression="lz4") as writer:
             ctx = _Ctx(skip_invalid, invalid, batch_rows, bar.advance, format=format,
                        account_from=account_from, ts_from=ts_from)
             for _, frame in _iter_frames(files, ctx):

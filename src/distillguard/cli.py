@@ -337,6 +337,91 @@ def serve(host, port, policy_path, accounts, token_env, no_auth, decision_log, m
                 host=host, port=port, log_level="warning")
 
 
+@cli.command()
+@click.argument("source")
+@click.option("--stream", "--topic", "stream_name", required=True,
+              help="Redis stream key, or Kafka topic(s), comma-separated.")
+@click.option("--group", default="distillguard", show_default=True, help="Consumer group.")
+@click.option("--consumer", "consumer_name", default=None,
+              help="Redis consumer name, stable across restarts (default: the host name).")
+@click.option("--claim-idle-ms", type=click.IntRange(0), default=60_000, show_default=True,
+              help="Redis: take over entries pending at another consumer for this long.")
+@click.option("--kafka-config", multiple=True, metavar="KEY=VALUE",
+              help="Extra confluent-kafka consumer setting (repeatable).")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Output directory.")
+@click.option("--policy", "policy_path", type=click.Path(path_type=Path), default=None,
+              help="Enforcement policy YAML (default: the shipped one).")
+@click.option("--model", "model_path", type=click.Path(path_type=Path), default=None,
+              help="Fitted model file (default: the one shipped with the package).")
+@_accounts_opt
+@_skip_opt
+@click.option("--checkpoint", type=click.Path(path_type=Path), default=None,
+              help="SQLite checkpoint (default: OUT/consumer.sqlite); a restart resumes.")
+@click.option("--batch", type=click.IntRange(1), default=1000, show_default=True,
+              help="Records per poll / learning step.")
+@click.option("--checkpoint-every", type=click.IntRange(1), default=10, show_default=True,
+              help="Batches between checkpoints (records are acknowledged after them).")
+@click.option("--idle-exit", type=click.FloatRange(0, min_open=True), default=None,
+              help="Stop after this many seconds without records (default: run until "
+                   "SIGINT / SIGTERM).")
+def consume(source, stream_name, group, consumer_name, claim_idle_ms, kafka_config, out,
+            policy_path, model_path, accounts, skip_invalid, checkpoint, batch,
+            checkpoint_every, idle_exit):
+    """Consume contract records (one JSON object per message) from Redis Streams or Kafka
+    into the online detector: alerts.jsonl, then accounts.csv / clusters.json at the end.
+
+    \b
+    Examples:
+      distillguard consume redis://127.0.0.1:6379/0 --stream llm-events --out live/
+      distillguard consume kafka://broker1:9092,broker2:9092 --topic llm-events --out live/
+    """
+    import math
+    import signal
+    import socket
+    import threading
+    from urllib.parse import urlsplit
+
+    from .errors import ConfigError
+    from .stream import OnlineDetector
+    from .stream.consumers import KafkaConsumer, RedisStreamConsumer, run_consumer
+
+    scheme = urlsplit(source).scheme
+    if scheme in ("redis", "rediss", "unix"):
+        cons = RedisStreamConsumer(stream_name, group, consumer_name or socket.gethostname(),
+                                   url=source, claim_idle_ms=claim_idle_ms)
+    elif scheme == "kafka":
+        conf = {}
+        for kv in kafka_config:
+            k, sep, v = kv.partition("=")
+            if not sep:
+                raise ConfigError(f"--kafka-config {kv!r}: expected KEY=VALUE")
+            conf[k] = v
+        cons = KafkaConsumer(stream_name.split(","), group,
+                             bootstrap_servers=source.split("://", 1)[1].strip("/"),
+                             config=conf)
+    else:
+        raise ConfigError(f"{source}: expected a redis://, rediss:// or kafka:// address")
+    acc = None
+    if accounts is not None:
+        from .read import read_accounts
+
+        acc = read_accounts(accounts)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    timeout = 0.5
+    try:
+        result = run_consumer(cons, OnlineDetector(model_path=model_path, accounts=acc),
+                              out=out, policy_path=policy_path, checkpoint=checkpoint,
+                              max_records=batch, timeout=timeout,
+                              checkpoint_every=checkpoint_every, skip_invalid=skip_invalid,
+                              idle_polls=math.ceil(idle_exit / timeout) if idle_exit else None,
+                              stop=stop)
+    finally:
+        cons.close()
+    click.echo(result.summary())
+
+
 def main() -> None:
     cli(prog_name="distillguard")
 

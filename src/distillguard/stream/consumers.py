@@ -113,6 +113,8 @@ class RedisStreamConsumer:
         except redis.ResponseError as e:
             if "BUSYGROUP" not in str(e):
                 raise ConfigError(f"{self.source}: {e}") from None
+        except redis.ConnectionError as e:
+            raise ConfigError(f"{self.source}: cannot reach {url}: {e}") from None
         self._own_pending = True        # first re-read what this consumer had not acked
         self._pel_cursor = "0"
         self._claim_cursor = "0-0"

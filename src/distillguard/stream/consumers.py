@@ -260,6 +260,12 @@ class ConsumerCheckpoint:
                  json.dumps(unacked), state,
                  datetime.now(UTC).isoformat(timespec="seconds")))
 
+    def set_unacked(self, unacked: list[str]) -> None:
+        """Record that the rest was acknowledged (cheap: the state is not rewritten)."""
+        with self.db:
+            self.db.execute("UPDATE consumer_checkpoint SET unacked = ? WHERE id = 1",
+                            (json.dumps(unacked),))
+
     def close(self) -> None:
         self.db.close()
 
@@ -381,7 +387,9 @@ def run_consumer(consumer: Consumer, target=None, *, out, policy_path=None,
         ck.save(consumer.source, events_done, fh.tell(), n_alerts, dict(invalid),
                 pending + sorted(done_ids), state)
         consumer.ack(pending)       # after the checkpoint: a crash here only re-delivers
-        pending.clear()             # records that the checkpoint marks as done
+        if pending:                 # records that the checkpoint marks as done
+            ck.set_unacked(sorted(done_ids))
+        pending.clear()
 
     try:
         while not (stop is not None and stop.is_set()):

@@ -354,6 +354,7 @@ def serve(host, port, policy_path, accounts, token_env, no_auth, decision_log, m
 @click.option("--model", "model_path", type=click.Path(path_type=Path), default=None,
               help="Fitted model file (default: the one shipped with the package).")
 @_accounts_opt
+@_releases_opt
 @_skip_opt
 @click.option("--checkpoint", type=click.Path(path_type=Path), default=None,
               help="SQLite checkpoint (default: OUT/consumer.sqlite); a restart resumes.")
@@ -365,7 +366,7 @@ def serve(host, port, policy_path, accounts, token_env, no_auth, decision_log, m
               help="Stop after this many seconds without records (default: run until "
                    "SIGINT / SIGTERM).")
 def consume(source, stream_name, group, consumer_name, claim_idle_ms, kafka_config, out,
-            policy_path, model_path, accounts, skip_invalid, checkpoint, batch,
+            policy_path, model_path, accounts, releases, skip_invalid, checkpoint, batch,
             checkpoint_every, idle_exit):
     """Consume contract records (one JSON object per message) from Redis Streams or Kafka
     into the online detector: alerts.jsonl, then accounts.csv / clusters.json at the end.
@@ -401,17 +402,17 @@ def consume(source, stream_name, group, consumer_name, claim_idle_ms, kafka_conf
                              config=conf)
     else:
         raise ConfigError(f"{source}: expected a redis://, rediss:// or kafka:// address")
-    acc = None
-    if accounts is not None:
-        from .read import read_accounts
+    from .read import read_accounts, read_releases
 
-        acc = read_accounts(accounts)
+    acc = read_accounts(accounts) if accounts is not None else None
+    rel = read_releases(releases) if releases is not None else None
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     timeout = 0.5
     try:
-        result = run_consumer(cons, OnlineDetector(model_path=model_path, accounts=acc),
+        result = run_consumer(cons, OnlineDetector(model_path=model_path, accounts=acc,
+                                                   releases=rel),
                               out=out, policy_path=policy_path, checkpoint=checkpoint,
                               max_records=batch, timeout=timeout,
                               checkpoint_every=checkpoint_every, skip_invalid=skip_invalid,

@@ -284,7 +284,9 @@ class ConsumeResult:
 
     def summary(self) -> str:
         inv = sum(self.invalid.values())
+        rate = self.n_events / self.runtime_s if self.runtime_s > 0 else 0.0
         return (f"consumed {self.n_events:,} records in {self.n_batches:,} batches "
+                f"in {self.runtime_s:,.1f} s ({rate:,.0f}/s) "
                 f"({self.events_total:,} in the state, {self.n_accounts:,} accounts); "
                 f"alerts: {self.n_alerts:,}; invalid: {inv:,}; redelivered and skipped: "
                 f"{self.skipped_done:,}\nwrote {self.out / 'alerts.jsonl'}, "

@@ -158,3 +158,84 @@ def test_withhold_reasoning_strips_request_and_response(proxy):
     # the same stream for a normal account keeps its reasoning
     _, _, body = post(port, "sk-normal", _req("stream too", stream=True), raw=True)
     assert "secret chain of thought: stream too" in body.decode()
+
+
+def test_unreadable_request_is_refused_naming_the_field(proxy):
+    port, upstream, _ = proxy
+    status, _, body = post(port, "sk-normal", _req("odd", temperature="hot"), raw=True)
+    assert status == 400 and "temperature" in body.decode()
+    assert _upstream_saw(upstream, "odd") == []
+
+
+# -- the hook without a proxy (fast) ---------------------------------------------------------
+
+def _hook(tmp_path, **kw):
+    from distillguard.act import load_policy
+    from distillguard.serve import DecisionEngine
+    from distillguard.serve.litellm_hook import DistillguardHook
+
+    (tmp_path / "p.yaml").write_text(POLICY)
+    eng = DecisionEngine(policy=load_policy(tmp_path / "p.yaml"), sync=True)
+    return DistillguardHook(engine=eng, **kw)
+
+
+def _auth(**kw):
+    from litellm.proxy._types import UserAPIKeyAuth
+
+    return UserAPIKeyAuth(api_key="sk-x", **kw)
+
+
+def test_hook_unit(tmp_path):
+    import asyncio
+
+    from fastapi import HTTPException
+
+    hook = _hook(tmp_path, account_info=lambda a: {"tier": "education"} if a == "edu" else None)
+    run = asyncio.run
+    body = _req("hi", reasoning_effort="high", thinking={"type": "enabled",
+                                                          "budget_tokens": 1024})
+    # account_info wins; the request loses its reasoning options and is marked
+    out = run(hook.async_pre_call_hook(_auth(team_id="edu"), None, dict(body), "completion"))
+    assert "reasoning_effort" not in out and "thinking" not in out
+    assert out["metadata"]["distillguard_action"] == "withhold_reasoning"
+    out = run(hook.async_pre_call_hook(_auth(team_id="other"), None, dict(body),
+                                       "completion"))
+    assert out["reasoning_effort"] == "high" and "distillguard_action" not in out.get(
+        "metadata", {})
+    # no account: passes by default, refused with on_missing="reject"
+    assert run(hook.async_pre_call_hook(_auth(), None, dict(body), "completion")) == body
+    assert hook.missing_account == 1
+    strict = _hook(tmp_path, on_missing="reject")
+    with pytest.raises(HTTPException) as e:
+        run(strict.async_pre_call_hook(_auth(), None, dict(body), "completion"))
+    assert e.value.status_code == 403
+    # non-completion calls (no messages / prompt) are not judged
+    emb = {"model": "e", "input": ["x"]}
+    assert run(strict.async_pre_call_hook(_auth(), None, emb, "aembedding")) is emb
+    with pytest.raises(ValueError):
+        _hook(tmp_path, on_missing="maybe")
+
+
+def test_strip_response_on_litellm_objects():
+    from litellm.types.utils import (
+        Delta,
+        Message,
+        ModelResponse,
+        ModelResponseStream,
+        StreamingChoices,
+    )
+
+    from distillguard.serve.litellm_hook import strip_response
+
+    resp = ModelResponse(choices=[{"index": 0, "finish_reason": "stop", "message": Message(
+        content="answer", reasoning_content="secret",
+        thinking_blocks=[{"type": "thinking", "thinking": "secret"}])}])
+    assert "secret" in resp.model_dump_json()
+    strip_response(resp)
+    dumped = resp.model_dump_json()
+    assert "secret" not in dumped and "answer" in dumped
+    chunk = ModelResponseStream(choices=[StreamingChoices(
+        index=0, delta=Delta(content="a", reasoning_content="secret"))])
+    assert "secret" not in strip_response(chunk).model_dump_json()
+    d = {"choices": [{"message": {"content": "x", "reasoning_content": "secret"}}]}
+    assert strip_response(d) == {"choices": [{"message": {"content": "x"}}]}

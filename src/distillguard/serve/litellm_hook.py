@@ -22,7 +22,9 @@ neither pass through (``on_missing="allow"``) or are refused (``"reject"``). The
   at ``rate_per_minute``, 429 when empty; ``step_up``: HTTP 403 ``verification_required``;
 - ``withhold_reasoning``: ``thinking`` / ``reasoning_effort`` are dropped from the request
   and ``reasoning_content`` / thinking blocks from the response (whole and streamed);
-- ``allow`` / ``monitor``: unchanged.
+- ``allow`` / ``monitor``: unchanged;
+- a request whose fields break the contract (e.g. ``temperature: "hot"``): HTTP 400 naming
+  the field (fail closed: nothing unreadable bypasses the detector).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from typing import Any
 from fastapi import HTTPException
 from litellm.integrations.custom_logger import CustomLogger
 
+from ..errors import InputError
 from .enforce import (
     REASONING_KEYS,
     record_from_request,
@@ -128,7 +131,12 @@ class DistillguardHook(CustomLogger):
             return data
         rec = self.record(user_api_key_dict, data, account)
         eng = self.engine
-        d = (await asyncio.to_thread(eng.decide, rec)) if eng.sync else eng.decide(rec)
+        try:
+            d = (await asyncio.to_thread(eng.decide, rec)) if eng.sync else eng.decide(rec)
+        except InputError as err:    # fail closed: a request distillguard cannot read
+            eng.errors += 1
+            raise HTTPException(status_code=400, detail={
+                "error": f"distillguard: {err}", "field": err.field}) from None
         act = d.action
         if act == "throttle" and eng.buckets.allow(account, d.rate_per_minute):
             act = "allow"

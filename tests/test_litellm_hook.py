@@ -163,7 +163,7 @@ def test_withhold_reasoning_strips_request_and_response(proxy):
 def test_unreadable_request_is_refused_naming_the_field(proxy):
     port, upstream, _ = proxy
     status, _, body = post(port, "sk-normal", _req("odd", temperature="hot"), raw=True)
-    assert status == 400 and "temperature" in body.decode()
+    assert status == 400 and "distillguard" in body.decode() and "temperature" in body.decode()
     assert _upstream_saw(upstream, "odd") == []
 
 

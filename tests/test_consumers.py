@@ -370,3 +370,41 @@ def test_redis_kill_9_mid_stream_via_the_cli(redis_url, tmp_path):
     assert RedisStreamConsumer("s5", "distillguard", "probe", url=redis_url).pending() == 0
     for line in (out / "alerts.jsonl").read_text().splitlines():
         assert json.loads(line)["account_id"].startswith("acct-")
+
+
+class _Memory:
+    """An in-memory broker stand-in: JSON payloads, acknowledged ids remembered."""
+
+    source = "memory"
+
+    def __init__(self, payloads):
+        self.payloads, self.i, self.acked = payloads, 0, []
+
+    def poll(self, max_records=1000, timeout=1.0):
+        k = self.i
+        self.i = min(len(self.payloads), k + max_records)
+        return [(str(j), parse_message(self.payloads[j])) for j in range(k, self.i)]
+
+    def ack(self, ids):
+        self.acked += ids
+
+    def close(self):
+        pass
+
+
+def test_a_decision_engine_learns_the_broker_traffic(tmp_path):
+    """With a DecisionEngine as target, the gateway's decisions see the consumed records."""
+    from distillguard.act import load_policy
+    from distillguard.serve import DecisionEngine
+
+    (tmp_path / "p.yaml").write_text("id: t\nversion: 1\nrules:\n  - id: heavy\n"
+                                     "    when: {exchanges_min: 20}\n    action: block\n")
+    eng = DecisionEngine(policy=load_policy(tmp_path / "p.yaml"), sync=True)
+    mem = _Memory([json.dumps(r).encode() for r in RECORDS])
+    res = run_consumer(mem, eng, out=tmp_path / "o", max_records=128, idle_polls=1,
+                       timeout=0)
+    assert res.events_total == len(RECORDS) and sorted(mem.acked, key=int) == [
+        str(i) for i in range(len(RECORDS))]
+    d = eng.decide({"account_id": "acct-03", "prompt": "one more", "ts": T0.isoformat()})
+    assert d.action == "block" and d.rule == "heavy"
+    assert eng.decide({"account_id": "new", "prompt": "hi"}).action == "allow"

@@ -239,3 +239,13 @@ def test_strip_response_on_litellm_objects():
     assert "secret" not in strip_response(chunk).model_dump_json()
     d = {"choices": [{"message": {"content": "x", "reasoning_content": "secret"}}]}
     assert strip_response(d) == {"choices": [{"message": {"content": "x"}}]}
+
+
+def test_subclasses_keep_their_hooks_visible_to_litellm():
+    """LiteLLM calls only hooks defined in the callback's own class (its __dict__)."""
+    from distillguard.serve.litellm_hook import _HOOKS, DistillguardHook
+
+    class Mine(DistillguardHook):
+        pass
+
+    assert all(name in vars(Mine) for name in _HOOKS)

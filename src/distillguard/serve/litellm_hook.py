@@ -49,6 +49,8 @@ from .engine import DecisionEngine
 
 #: where the hook marks a request whose response must lose its reasoning
 MARK = "distillguard_action"
+_HOOKS = ("async_pre_call_hook", "async_post_call_success_hook",
+          "async_post_call_streaming_iterator_hook")
 
 
 class DistillguardHook(CustomLogger):
@@ -73,6 +75,14 @@ class DistillguardHook(CustomLogger):
         self.on_missing = on_missing
         self._engine = engine
         self.missing_account = 0
+
+    def __init_subclass__(cls, **kw) -> None:
+        # LiteLLM only calls the hooks a callback's own class defines (it looks in the leaf
+        # class's __dict__): copy them into subclasses so that they are not silently skipped
+        super().__init_subclass__(**kw)
+        for name in _HOOKS:
+            if name not in cls.__dict__:
+                setattr(cls, name, getattr(cls, name))
 
     @property
     def engine(self) -> DecisionEngine:

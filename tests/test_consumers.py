@@ -351,7 +351,7 @@ def test_redis_kill_9_mid_stream_via_the_cli(redis_url, tmp_path):
         time.sleep(0.2)
         done = _events_done(ck)
     os.kill(proc.pid, signal.SIGKILL)
-    assert done < sent <= 400
+    assert done <= sent <= 400  # killed before the rest of RECORDS was even produced
     proc.wait()
     proc.stdout.close()
     _produce_redis(redis_url, "s5", RECORDS[sent:])

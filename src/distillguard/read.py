@@ -599,14 +599,10 @@ def _converter(path: Path, ctx: _Ctx) -> Converter:
     return Converter(fmt, account_from=ctx.account_from, ts_from=ctx.ts_from, mtime=mtime)
 
 
-def _iter_jsonl(path: Path, ctx: _Ctx) -> Iterator[pl.DataFrame]:
-    conv = _converter(path, ctx)
-    if not conv.identity:
-        yield from _iter_jsonl_mapped(path, ctx, conv)
-        return
-    rows: list[tuple] = []
+def _numbered_lines(path: Path, ctx: _Ctx) -> Iterator[tuple[int, bytes]]:
+    """(1-based line number, line) of a JSON Lines file of any compression; an unopenable
+    file or a corrupt stream becomes an ``InputError`` naming the file and the last line."""
     lineno = 0
-    loads, JSONDecodeError, norm = orjson.loads, orjson.JSONDecodeError, _norm
     try:
         fh = _open_lines(path, ctx)
     except OSError as e:
@@ -617,32 +613,43 @@ def _iter_jsonl(path: Path, ctx: _Ctx) -> Iterator[pl.DataFrame]:
             try:
                 line = next(lines)
             except StopIteration:
-                break
+                return
             except Exception as e:  # corrupt compressed stream, I/O error
                 raise InputError(f"cannot read after line {lineno}: {e}",
                                  path=str(path)) from None
             lineno += 1
-            try:
-                rec = loads(line)
-            except JSONDecodeError as e:
-                if not line.strip():
-                    continue
-                ctx.records += 1
-                ctx.bad(path, "malformed_json", None, f"malformed JSON: {e}", line=lineno)
+            yield lineno, line
+
+
+def _iter_jsonl(path: Path, ctx: _Ctx) -> Iterator[pl.DataFrame]:
+    conv = _converter(path, ctx)
+    if not conv.identity:
+        yield from _iter_jsonl_mapped(path, ctx, conv)
+        return
+    rows: list[tuple] = []
+    loads, JSONDecodeError, norm = orjson.loads, orjson.JSONDecodeError, _norm
+    for lineno, line in _numbered_lines(path, ctx):
+        try:
+            rec = loads(line)
+        except JSONDecodeError as e:
+            if not line.strip():
                 continue
             ctx.records += 1
-            if type(rec) is not dict:
-                ctx.bad(path, "malformed_json", None,
-                        f"line is not a JSON object but {_tname(rec)}", line=lineno)
-                continue
-            try:
-                rows.append(norm(rec))
-            except _Bad as b:
-                ctx.bad(path, b.reason, b.field, b.msg, line=lineno)
-                continue
-            if len(rows) >= ctx.batch_rows:
-                yield _py_frame(rows)
-                rows = []
+            ctx.bad(path, "malformed_json", None, f"malformed JSON: {e}", line=lineno)
+            continue
+        ctx.records += 1
+        if type(rec) is not dict:
+            ctx.bad(path, "malformed_json", None,
+                    f"line is not a JSON object but {_tname(rec)}", line=lineno)
+            continue
+        try:
+            rows.append(norm(rec))
+        except _Bad as b:
+            ctx.bad(path, b.reason, b.field, b.msg, line=lineno)
+            continue
+        if len(rows) >= ctx.batch_rows:
+            yield _py_frame(rows)
+            rows = []
     if rows:
         yield _py_frame(rows)
 
@@ -650,48 +657,33 @@ def _iter_jsonl(path: Path, ctx: _Ctx) -> Iterator[pl.DataFrame]:
 def _mapped_records(path: Path, ctx: _Ctx, conv: Converter) -> Iterator[tuple[dict, tuple]]:
     """(contract record, normalised tuple) of each valid exchange of a JSON Lines file of
     any format, mapped by ``conv``; invalid ones go to ``ctx.bad``."""
-    lineno = 0
-    try:
-        fh = _open_lines(path, ctx)
-    except OSError as e:
-        raise InputError(f"cannot open: {e.strerror or e}", path=str(path)) from None
-    with fh:
-        lines = iter(fh)
-        while True:
-            try:
-                line = next(lines)
-            except StopIteration:
-                break
-            except Exception as e:  # corrupt compressed stream, I/O error
-                raise InputError(f"cannot read after line {lineno}: {e}",
-                                 path=str(path)) from None
-            lineno += 1
-            if not line.strip():
-                continue
-            try:
-                rec = orjson.loads(line)
-            except orjson.JSONDecodeError as e:
+    suffix = "" if conv.format == "contract" else f" ({conv.format} format)"
+    for lineno, line in _numbered_lines(path, ctx):
+        if not line.strip():
+            continue
+        try:
+            rec = orjson.loads(line)
+        except orjson.JSONDecodeError as e:
+            ctx.records += 1
+            ctx.bad(path, "malformed_json", None, f"malformed JSON: {e}", line=lineno)
+            continue
+        if type(rec) is not dict:
+            ctx.records += 1
+            ctx.bad(path, "malformed_json", None,
+                    f"line is not a JSON object but {_tname(rec)}", line=lineno)
+            continue
+        try:
+            for out in conv.records(rec):
                 ctx.records += 1
-                ctx.bad(path, "malformed_json", None, f"malformed JSON: {e}", line=lineno)
-                continue
-            if type(rec) is not dict:
-                ctx.records += 1
-                ctx.bad(path, "malformed_json", None,
-                        f"line is not a JSON object but {_tname(rec)}", line=lineno)
-                continue
-            suffix = "" if conv.format == "contract" else f" ({conv.format} format)"
-            try:
-                for out in conv.records(rec):
-                    ctx.records += 1
-                    try:
-                        if type(out) is RecordError:
-                            raise out
-                        yield out, _norm(out)
-                    except (_Bad, RecordError) as b:
-                        ctx.bad(path, b.reason, b.field, b.msg + suffix, line=lineno)
-            except RecordError as b:  # the line as a whole cannot be mapped
-                ctx.records += 1
-                ctx.bad(path, b.reason, b.field, b.msg + suffix, line=lineno)
+                try:
+                    if type(out) is RecordError:
+                        raise out
+                    yield out, _norm(out)
+                except (_Bad, RecordError) as b:
+                    ctx.bad(path, b.reason, b.field, b.msg + suffix, line=lineno)
+        except RecordError as b:  # the line as a whole cannot be mapped
+            ctx.records += 1
+            ctx.bad(path, b.reason, b.field, b.msg + suffix, line=lineno)
 
 
 def _iter_jsonl_mapped(path: Path, ctx: _Ctx, conv: Converter) -> Iterator[pl.DataFrame]:

@@ -61,7 +61,7 @@ class DetectResult:
             + (f" (skipped {sum(self.invalid.values()):,} invalid: "
                + ", ".join(f"{k}={v}" for k, v in self.invalid.items()) + ")"
                if self.invalid else ""),
-            f"accounts: " + ", ".join(f"{k} {self.verdicts.get(k, 0):,}"
+            "accounts: " + ", ".join(f"{k} {self.verdicts.get(k, 0):,}"
                                      for k in ("attack", "suspicious", "benign")),
             f"clusters: {self.n_clusters:,} ("
             + ", ".join(f"{k} {v:,}" for k, v in sorted(self.cluster_verdicts.items())) + ")",
@@ -237,7 +237,7 @@ def detect(paths: list, *, accounts=None, releases=None, out: Path, skip_invalid
         "model": (f"learned model ({getattr(scorer, 'model_file_', 'fitted')})"
                   if scorer.mode == "learned" else
                   "rules only: no fitted model file, weights from signals.yaml"),
-        "thresholds": dict(zip(("attack", "suspicious"), scorer._params()[2:])),
+        "thresholds": scorer.thresholds,
         "runtime_s": round(runtime, 2),
         "timings": {k: round(v, 2) for k, v in prof.timings().items()},
     }

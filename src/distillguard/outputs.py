@@ -15,7 +15,7 @@ import numpy as np
 import polars as pl
 
 from .content import normalize_prompts
-from .schema import ACCOUNTS_OUT_COLUMNS, TASKS
+from .schema import ACCOUNTS_OUT_COLUMNS
 
 INFRA_KINDS = {
     "ip": pl.col("ip"),
@@ -39,16 +39,11 @@ def _iso(ts) -> str | None:
     return None if ts is None else ts.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _verdict(score: float, t_att: float, t_sus: float) -> str:
-    return "attack" if score >= t_att else "suspicious" if score >= t_sus else "benign"
-
-
 def build_clusters_json(acc: pl.DataFrame, f, log, scorer) -> list[dict]:
     """One dict per cluster, ranked by score (highest first)."""
     memb = f.membership
     if memb.is_empty():
         return []
-    _, _, t_att, t_sus = scorer._params()
     members = acc.filter(pl.col("cluster_id").is_not_null())
     per = members.group_by("cluster_id").agg(
         accounts=pl.col("account_id").sort(),
@@ -124,7 +119,7 @@ def build_clusters_json(acc: pl.DataFrame, f, log, scorer) -> list[dict]:
             "accounts": r["accounts"],
             "n_accounts": len(r["accounts"]),
             "score": round(float(r["score"]), 6),
-            "verdict": _verdict(float(r["score"]), t_att, t_sus),
+            "verdict": str(scorer.decide(np.array([float(r["score"])]))[0]),
             "attack_share": round(float(r["attack_share"]), 4),
             "exchanges": int(r["exchanges"]),
             "first_seen": _iso(r["first_seen"]),
@@ -211,4 +206,4 @@ def _evidence(c: dict, infra: dict, pivot: dict, cid: str, r: dict) -> list[dict
     return ev
 
 
-__all__ = ["write_accounts_csv", "build_clusters_json", "TASKS"]
+__all__ = ["write_accounts_csv", "build_clusters_json"]

@@ -96,6 +96,12 @@ class Scorer:
                 ss.thresholds["attack"], ss.thresholds["suspicious"])
 
     @property
+    def thresholds(self) -> dict[str, float]:
+        """The verdict thresholds in force: ``{"attack": t, "suspicious": t}``."""
+        _, _, t_att, t_sus = self._params()
+        return {"attack": float(t_att), "suspicious": float(t_sus)}
+
+    @property
     def mode(self) -> str:
         return "learned" if self.is_fitted() else "rules"
 

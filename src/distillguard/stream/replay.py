@@ -208,7 +208,6 @@ def _final_clusters(det: OnlineDetector, final: pl.DataFrame) -> tuple[pl.DataFr
          .with_columns(new=pl.format("C{}", pl.col("rank").cast(pl.String).str.zfill(4))))
     final = (final.join(g.select("cluster_id", "new"), on="cluster_id", how="left")
              .with_columns(cluster_id=pl.col("new")).drop("new"))
-    _, _, t_att, t_sus = det.scorer_._params()
     clusters = []
     for cid, members in final.drop_nulls("cluster_id").group_by("cluster_id"):
         cid = cid[0]
@@ -225,8 +224,7 @@ def _final_clusters(det: OnlineDetector, final: pl.DataFrame) -> tuple[pl.DataFr
         clusters.append({
             "cluster_id": cid, "accounts": sorted(members["account_id"].to_list()),
             "score": round(score, 6),
-            "verdict": "attack" if score >= t_att else "suspicious" if score >= t_sus
-            else "benign",
+            "verdict": str(det.scorer_.decide(np.array([score]))[0]),
             "exchanges": int(det.c_["n"][idx].sum()),
             "first_seen": _iso_us(det.f_["first_ts"][idx].min()),
             "last_seen": _iso_us(det.f_["last_ts"][idx].max()),

@@ -145,3 +145,49 @@ def test_scorer_rejects_a_model_for_other_signals(tmp_path):
     path.write_text("{not json")
     with pytest.raises(ConfigError, match="not a model file"):
         Scorer.load(path)
+
+
+def test_lift_solo_needs_a_rare_address_shared_with_a_flagged_account():
+    from distillguard.link import rare_values
+    from distillguard.score import ScoredAccounts, lift_solo
+    from distillguard.signals import SoloLift
+
+    # solo accounts with an attack-level score: "lone" shares a proxy IP with a flagged
+    # account, "crowd" only a CGNAT address held by 40 accounts, "quiet" shares its IP with
+    # an unflagged account; "flag" is suspicious itself (first pass)
+    ids = ["lone", "crowd", "quiet", "flag", "calm"] + [f"m{i}" for i in range(39)]
+    inc = pl.DataFrame({
+        "account_id": ["lone", "flag", "quiet", "calm", "crowd"] + [f"m{i}" for i in range(39)],
+        "kind": ["ip"] * 44,
+        "value": ["198.51.100.7", "198.51.100.7", "203.0.113.9", "203.0.113.9"]
+        + ["100.64.0.1"] * 40})
+    feats = pl.DataFrame({"account_id": ids})
+    scorer = Scorer(signals=load_signals())  # rules mode: attack >= 0.8, suspicious >= 0.5
+    score = np.array([0.95, 0.95, 0.95, 0.6, 0.1] + [0.1] * 39)
+    verdict = np.array(["suspicious"] * 4 + ["benign"] * 40)  # the first three were capped
+    scored = ScoredAccounts(score=score, verdict=verdict, reasons=["single_turn"] * 44)
+    lift = SoloLift(kinds=("ip",), max_holders=30, min_flagged_peers=1)
+    rare = rare_values(inc, lift.kinds, lift.max_holders)
+    assert "100.64.0.1" not in rare["value"].to_list()
+    out = lift_solo(scorer, scored, feats, rare, lift)
+    got = dict(zip(ids, out.verdict))
+    assert got["lone"] == "attack"
+    assert got["crowd"] == "suspicious" and got["quiet"] == "suspicious"
+    assert got["flag"] == "suspicious"  # below the attack threshold: never lifted
+    assert out.reasons[0] == "rare_ip_shared_with_flagged_accounts;single_turn"
+    assert out.reasons[1] == "single_turn"
+    np.testing.assert_array_equal(out.score, score)
+    # two flagged peers required: nobody is lifted
+    out2 = lift_solo(scorer, scored, feats, rare, SoloLift(kinds=("ip",), min_flagged_peers=2))
+    assert list(out2.verdict) == list(verdict)
+    # no lift configured: unchanged
+    assert lift_solo(scorer, scored, feats, rare, None) is scored
+
+
+def test_solo_lift_config_errors_name_the_file(tmp_path):
+    bad = tmp_path / "s.yaml"
+    bad.write_text("version: 1\nthresholds: {attack: 0.8, suspicious: 0.5}\n"
+                   "link: {kind_weights: {ip: 1.0}}\nsolo_lift:\n  kinds: [ipp]\n")
+    with pytest.raises(ConfigError, match=r"s.yaml:5: solo_lift: kinds must be link kinds"):
+        load_signals(bad)
+    assert load_signals().solo_lift.kinds == ("ip", "ip_prefix")

@@ -25,7 +25,7 @@ import numpy as np
 import polars as pl
 
 from .errors import ConfigError
-from .signals import SignalSet, load_signals
+from .signals import SignalSet, SoloLift, load_signals
 
 MODEL_FORMAT = "distillguard-scorer"
 MODEL_FORMAT_VERSION = 1
@@ -248,3 +248,33 @@ def _upper_quantile(sorted_benign: np.ndarray, fpr: float) -> float:
     # scores >= t flagged; choose t just above the (n - allowed)-th smallest score
     idx = n - allowed - 1
     return float(np.nextafter(sorted_benign[idx], 1.0))
+
+
+def lift_solo(scorer: Scorer, scored: ScoredAccounts, features: pl.DataFrame,
+              rare: pl.DataFrame | None, lift: SoloLift | None) -> ScoredAccounts:
+    """Second pass over accounts that ``cap_solo`` held below ``attack``.
+
+    Such an account becomes ``attack`` when it shares a rare value (``rare``: incidences of
+    ``lift.kinds`` held by few accounts, from ``link.rare_values``) with at least
+    ``lift.min_flagged_peers`` accounts whose first-pass verdict is in ``lift.flagged``; its
+    reasons start with ``lift.reason``. Scores do not change: this is a decision on the
+    evidence the cap asks for, not a new score.
+    """
+    from .link import peers_among
+
+    if lift is None or rare is None or rare.is_empty():
+        return scored
+    capped = (scored.verdict != "attack") & (scorer.decide(scored.score) == "attack")
+    if not capped.any():
+        return scored
+    ids = features["account_id"]
+    flagged = ids.filter(pl.Series(np.isin(scored.verdict, list(lift.flagged))))
+    peers = peers_among(rare, ids.filter(pl.Series(capped)), flagged)
+    lifted = peers.filter(pl.col("peers") >= lift.min_flagged_peers)["account_id"]
+    mask = ids.is_in(lifted.implode()).to_numpy() & capped
+    if not mask.any():
+        return scored
+    reasons = [(f"{lift.reason};{r}".rstrip(";") if m else r)
+               for m, r in zip(mask, scored.reasons)]
+    return ScoredAccounts(score=scored.score, verdict=np.where(mask, "attack", scored.verdict),
+                          reasons=reasons)

@@ -191,3 +191,40 @@ def test_solo_lift_config_errors_name_the_file(tmp_path):
     with pytest.raises(ConfigError, match=r"s.yaml:5: solo_lift: kinds must be link kinds"):
         load_signals(bad)
     assert load_signals().solo_lift.kinds == ("ip", "ip_prefix")
+
+
+def test_merge_clusters_joins_fragments_that_share_a_proxy_pool():
+    from distillguard.cluster import merge_clusters
+
+    # fragments C1..C3 of one campaign draw their IPs from one pool of 12 proxies; C4 is a
+    # separate campaign with its own pool and one proxy in common; C5 a benign office
+    pool = [f"198.51.100.{i}" for i in range(12)]
+    rows, memb = [], []
+    for c, (lo, hi) in {"C1": (0, 8), "C2": (2, 10), "C3": (4, 12)}.items():
+        for m in range(4):
+            a = f"{c}-{m}"
+            memb.append((a, c))
+            rows += [(a, "ip", pool[lo + (m + j) % (hi - lo)]) for j in range(4)]
+    other = [f"203.0.113.{i}" for i in range(8)] + [pool[0]]
+    for m in range(4):
+        memb.append((f"C4-{m}", "C4"))
+        rows += [(f"C4-{m}", "ip", other[(m + j) % 9]) for j in range(4)]
+        memb.append((f"C5-{m}", "C5"))
+        rows += [(f"C5-{m}", "ip", "192.0.2.1"), (f"C5-{m}", "payment", f"card{m}")]
+    rows += [(f"x{i}", "ip", f"10.0.{i}.1") for i in range(200)]  # unclustered population
+    inc = pl.DataFrame(rows, schema=["account_id", "kind", "value"], orient="row")
+    membership = pl.DataFrame(memb, schema=["account_id", "cluster_id"], orient="row")
+    out = merge_clusters(membership, inc, kinds=["ip", "payment"], min_jaccard=0.2)
+    groups = {frozenset(g) for g in out.group_by("cluster_id").agg("account_id")["account_id"]
+              .to_list()}
+    frag = frozenset(a for a, c in memb if c in ("C1", "C2", "C3"))
+    assert frag in groups
+    assert frozenset(f"C4-{m}" for m in range(4)) in groups
+    assert frozenset(f"C5-{m}" for m in range(4)) in groups
+    assert out.filter(pl.col("account_id") == "C1-0")["cluster_id"].item() == "C0001"
+    assert out.height == membership.height
+    # a stricter bar keeps the fragments apart; no kinds: unchanged
+    assert out.height == merge_clusters(membership, inc, kinds=["ip"], min_jaccard=0.9).height
+    assert merge_clusters(membership, inc, kinds=["ip"], min_jaccard=0.9)[
+        "cluster_id"].n_unique() == 5
+    assert merge_clusters(membership, inc, kinds=[], min_jaccard=0.2).equals(membership)

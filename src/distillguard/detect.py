@@ -20,7 +20,7 @@ import polars as pl
 from rich.console import Console
 
 from . import __version__
-from .cluster import cluster_features, leiden_clusters, neighbour_features
+from .cluster import cluster_features, leiden_clusters, merge_clusters, neighbour_features
 from .content_signals import content_features, sample_prompts
 from .errors import ConfigError
 from .fingerprint import account_features
@@ -113,13 +113,17 @@ def build_features(log: Log, signals: SignalSet, *, max_prompts: int = 64, seed:
         edges = edges_from_incidences(inc, feats.height, cfg)
         lift = signals.solo_lift
         rare = rare_values(inc, lift.kinds, lift.max_holders) if lift is not None else None
-        del inc
     with stage("cluster", "Leiden clusters and group features"):
         cl = signals.cluster
         membership = leiden_clusters(edges, min_size=int(cl.get("min_size", 3)),
                                      resolution=float(cl.get("resolution", 1.0)),
                                      objective=str(cl.get("objective", "modularity")),
                                      seed=seed)
+        if cl.get("merge"):
+            membership = merge_clusters(membership, inc, kinds=list(cl["merge"]["kinds"]),
+                                        min_jaccard=float(cl["merge"]["min_jaccard"]),
+                                        max_share=cfg.max_share)
+        del inc
         cfeats = cluster_features(feats, membership, edges, sample)
         nbr = neighbour_features(feats, edges)
         feats = attach_cluster_features(feats, membership, cfeats).join(nbr, on="account_id",

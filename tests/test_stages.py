@@ -214,7 +214,7 @@ def test_merge_clusters_joins_fragments_that_share_a_proxy_pool():
     rows += [(f"x{i}", "ip", f"10.0.{i}.1") for i in range(200)]  # unclustered population
     inc = pl.DataFrame(rows, schema=["account_id", "kind", "value"], orient="row")
     membership = pl.DataFrame(memb, schema=["account_id", "cluster_id"], orient="row")
-    out = merge_clusters(membership, inc, kinds=["ip", "payment"], min_jaccard=0.2)
+    out = merge_clusters(membership, inc, kinds=["ip", "payment"], min_jaccard=0.2, min_size=4)
     groups = {frozenset(g) for g in out.group_by("cluster_id").agg("account_id")["account_id"]
               .to_list()}
     frag = frozenset(a for a, c in memb if c in ("C1", "C2", "C3"))
@@ -225,6 +225,25 @@ def test_merge_clusters_joins_fragments_that_share_a_proxy_pool():
     assert out.height == membership.height
     # a stricter bar keeps the fragments apart; no kinds: unchanged
     assert out.height == merge_clusters(membership, inc, kinds=["ip"], min_jaccard=0.9).height
-    assert merge_clusters(membership, inc, kinds=["ip"], min_jaccard=0.9)[
+    assert merge_clusters(membership, inc, kinds=["ip"], min_jaccard=0.9, min_size=4)[
+        "cluster_id"].n_unique() == 5
+    # clusters below min_size are never fragments
+    assert merge_clusters(membership, inc, kinds=["ip"], min_jaccard=0.2, min_size=5)[
         "cluster_id"].n_unique() == 5
     assert merge_clusters(membership, inc, kinds=[], min_jaccard=0.2).equals(membership)
+
+
+def test_calibrate_refits_thresholds_on_fresh_accounts_only():
+    f, y = _feature_frame(seed=0)
+    s = Scorer(target_fpr=0.001).fit(f, y)
+    coef = s.coef_.copy()
+    fc, yc = _feature_frame(n=6000, seed=7)
+    t_in = s.threshold_attack_
+    s.calibrate(fc, yc)
+    np.testing.assert_array_equal(s.coef_, coef)
+    v = s.cap_solo(s.decide(s.score(fc)), fc)
+    assert ((v == "attack") & (yc == 0)).sum() <= 0.001 * (yc == 0).sum()
+    assert s.threshold_attack_ != t_in
+    assert s.to_dict()["n_calibration"] == 6000
+    with pytest.raises(ConfigError, match="not fitted"):
+        Scorer().calibrate(fc, yc)

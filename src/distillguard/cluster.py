@@ -64,7 +64,8 @@ def _numbered(df: pl.DataFrame, min_size: int) -> pl.DataFrame:
 
 
 def merge_clusters(membership: pl.DataFrame, inc: pl.DataFrame, *, kinds: list[str],
-                   min_jaccard: float, max_share: float = 0.05) -> pl.DataFrame:
+                   min_jaccard: float, min_size: int = 10,
+                   max_share: float = 0.05) -> pl.DataFrame:
     """Join clusters whose members draw on the same pool of rare values.
 
     CPM keeps communities denser than its resolution, so a campaign of thousands of accounts,
@@ -72,17 +73,20 @@ def merge_clusters(membership: pl.DataFrame, inc: pl.DataFrame, *, kinds: list[s
     the density of any community falls as the campaign grows. Its fragments still use one
     pool of proxies and payment instruments, so two clusters whose sets of rare ``kinds``
     values (held by ≥ 2 and ≤ ``max_share`` of the accounts) have Jaccard similarity of at
-    least ``min_jaccard`` are the same group (transitively). Linear in the incidences of
+    least ``min_jaccard`` are the same group (transitively). Only clusters of at least
+    ``min_size`` accounts take part: CPM fragments only big groups, while small groups that
+    happen to share a residential address must stay apart. Linear in the incidences of
     clustered accounts plus the value–cluster pairs. Cluster ids are renumbered by size as
     in :func:`leiden_clusters`.
     """
     if membership.is_empty() or inc.is_empty() or not kinds:
         return membership
     n_acc = max(inc["account_id"].n_unique(), 3)
+    big = membership.filter(pl.len().over("cluster_id") >= min_size)
     cv = (inc.filter(pl.col("kind").is_in(kinds))
           .with_columns(k=pl.len().over("kind", "value"))
           .filter((pl.col("k") >= 2) & (pl.col("k") <= max(2, int(max_share * n_acc))))
-          .join(membership, on="account_id")
+          .join(big, on="account_id")
           .select("cluster_id", "kind", "value").unique())
     if cv.is_empty():
         return membership

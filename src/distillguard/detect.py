@@ -122,6 +122,7 @@ def build_features(log: Log, signals: SignalSet, *, max_prompts: int = 64, seed:
         if cl.get("merge"):
             membership = merge_clusters(membership, inc, kinds=list(cl["merge"]["kinds"]),
                                         min_jaccard=float(cl["merge"]["min_jaccard"]),
+                                        min_size=int(cl["merge"].get("min_size", 10)),
                                         max_share=cfg.max_share)
         del inc
         cfeats = cluster_features(feats, membership, edges, sample)

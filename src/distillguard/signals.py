@@ -47,8 +47,8 @@ class Signal:
 class SoloLift:
     """Second look at accounts capped below ``attack`` for lack of coordination evidence.
 
-    A capped account (score at or above the attack threshold, no cluster, no edge) is judged
-    ``attack`` after all when it shares a *rare* value of one of ``kinds`` (held by at most
+    A capped account (score at or above the attack threshold — or ``min_score`` if set —, no
+    cluster, no edge) is judged ``attack`` after all when it shares a *rare* value of one of ``kinds`` (held by at most
     ``max_holders`` accounts) with at least ``min_flagged_peers`` other accounts whose
     first-pass verdict is in ``flagged``: low-and-slow campaigns spread over residential
     proxies leave too few shared values per pair for a two-family edge, but their members
@@ -56,6 +56,8 @@ class SoloLift:
     """
 
     kinds: tuple[str, ...] = ("ip", "ip_prefix")
+    #: lowest score considered (None: the attack threshold, i.e. only accounts the cap held)
+    min_score: float | None = None
     max_holders: int = 30
     min_flagged_peers: int = 1
     flagged: tuple[str, ...] = ("attack", "suspicious")

@@ -225,25 +225,29 @@ class OnlineDetector:
         start = self.n_accounts_
         self._grow(start + len(ids))
         inc = []
+        metas = [self._meta.get(aid) or {} for aid in ids]
+        strs = sorted({m[k] for m in metas for k in ("billing_country", "payment_fingerprint",
+                                                      "email_domain") if m.get(k)})
+        hv = dict(zip(strs, pl.Series(strs, dtype=pl.String).hash(seed=0).to_list()))
         for j, aid in enumerate(ids):
             i = start + j
             self.index_[aid] = i
             self.ids_.append(aid)
             self.reasons_.append("")
-            m = self._meta.get(aid) or {}
+            m = metas[j]
             tier = m.get("tier") or (tiers[j] if tiers is not None else None)
             self.meta_["tier"][i] = self._tier_code(tier)
             self.meta_["verified"][i] = bool(m.get("verified") or False)
             bc = m.get("billing_country")
-            self.meta_["billing"][i] = _h(bc) if bc else 0
+            self.meta_["billing"][i] = hv[bc] if bc else 0
             ca = m.get("created_at")
             self.f_["created_at"][i] = ca.timestamp() * _US if ca is not None else np.nan
             self.f_["next_check"][i] = self._grace()
             if m.get("payment_fingerprint"):
-                inc.append((i, 3, _h(m["payment_fingerprint"])))
+                inc.append((i, 3, hv[m["payment_fingerprint"]]))
                 self.meta_["paykey"][i] = _vkey(3, inc[-1][2])
             if m.get("email_domain"):
-                inc.append((i, 4, _h(m["email_domain"])))
+                inc.append((i, 4, hv[m["email_domain"]]))
             if ca is not None:
                 inc.append((i, 5, int(ca.timestamp() * _US) // self.signup_us_))
         self.n_accounts_ += len(ids)

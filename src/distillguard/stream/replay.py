@@ -132,7 +132,7 @@ def _iso_us(us: float) -> str:
 
 def replay(paths: list, *, out: Path, accounts=None, releases=None, skip_invalid: bool = False,
            policy_path=None, model_path=None, signals_path=None, checkpoint: Path | None = None,
-           chunk_size: int = 20000, checkpoint_every: int = 10, grace: int | None = None,
+           chunk_size: int = 1000, checkpoint_every: int = 50, grace: int | None = None,
            rescore_factor: float | None = None, progress: bool = False) -> ReplayResult:
     """Replay ``paths`` in time order; write ``alerts.jsonl``, ``accounts.csv``,
     ``clusters.json`` and ``stream.json`` into ``out`` (resuming from ``checkpoint``)."""

@@ -226,10 +226,15 @@ def test_newcomer_sharing_a_flagged_payment_is_flagged_on_its_first_exchange(sim
 
 def test_few_exchanges_never_make_an_account_attack_on_its_own(learned):
     """Minimum own evidence: below `min_exchanges_attack` exchanges an account is attack
-    only by inheritance (a seed needs that many exchanges)."""
+    only by inheritance (a seed needs that many exchanges, and below `early_exchanges` a
+    score of at least `early_attack_threshold`)."""
     n = learned.c_["n"][:learned.n_accounts_]
     seed = learned.seed_[:learned.n_accounts_]
     assert seed.any() and n[seed].min() >= STREAM.min_exchanges_attack
+    # ... and early in its life a seed needs the (fitted) early threshold
+    score = learned.f_["score"][:learned.n_accounts_]
+    early = seed & (n < STREAM.early_exchanges)
+    assert (score[early] >= STREAM.early_attack_threshold).all()
     att = np.flatnonzero(learned.verdict_[:learned.n_accounts_] == 2)
     for i in att[n[att] < STREAM.min_exchanges_attack]:
         assert learned.reasons_[i].split(";")[0] in INHERITED

@@ -50,7 +50,9 @@ class StreamConfig:
     ``grace``: exchanges before an account is first scored; ``rescore_factor``: it is
     rescored when its count has grown by this factor. ``min_exchanges_attack``: an account's
     own score makes it ``attack`` only from this many exchanges on (few exchanges give noisy
-    features; below, it is at most ``suspicious``) — accounts flagged this way are *seeds*.
+    features; below, it is at most ``suspicious``), and below ``early_exchanges`` exchanges
+    only with a score of at least ``early_attack_threshold`` (fitted by
+    ``tools/fit_stream.py``) — accounts flagged this way are *seeds*.
     An account inherits ``attack`` (whatever its count) when at least ``inherit_payment``
     seeds share its payment instrument, or when at least ``inherit_linked`` seeds are linked
     to it directly (shared values of ``link.min_families`` families) and its own score is at
@@ -60,6 +62,8 @@ class StreamConfig:
     grace: int = 20
     rescore_factor: float = 1.5
     min_exchanges_attack: int = 1
+    early_exchanges: int = 0
+    early_attack_threshold: float = 0.0
     inherit_payment: int = 0
     inherit_linked: int = 0
     inherit_linked_min_score: float = 0.5
@@ -71,6 +75,8 @@ class StreamConfig:
             raise TypeError("rescore_factor must be > 1")
         if self.inherit_payment < 0 or self.inherit_linked < 0:
             raise TypeError("inherit_payment and inherit_linked must be >= 0")
+        if self.early_exchanges < 0 or not 0.0 <= self.early_attack_threshold <= 1.0:
+            raise TypeError("early_exchanges must be >= 0, early_attack_threshold in 0..1")
         if not 0.0 <= self.inherit_linked_min_score <= 1.0:
             raise TypeError("inherit_linked_min_score must be in 0..1")
 

@@ -721,7 +721,8 @@ class OnlineDetector:
         """Minimum own evidence, then group inheritance (``stream`` of the signal file).
 
         An account is a *seed* while its own score says ``attack`` with at least
-        ``min_exchanges_attack`` exchanges (fewer: ``suspicious``). A non-seed is ``attack``
+        ``min_exchanges_attack`` exchanges (fewer: ``suspicious``), and below
+        ``early_exchanges`` exchanges a score of at least ``early_attack_threshold``. A non-seed is ``attack``
         when ``inherit_payment`` seeds share its payment instrument, or ``inherit_linked``
         seeds are directly linked to it and its own score reaches
         ``inherit_linked_min_score``. New seeds make their payment mates and direct links due
@@ -733,8 +734,11 @@ class OnlineDetector:
         """
         cfg = self.signals_.stream
         code = code.copy()
-        held = (code == 2) & (self.c_["n"][idx] < cfg.min_exchanges_attack)
-        code[held] = 1
+        n = self.c_["n"][idx]
+        held = (code == 2) & (n < cfg.min_exchanges_attack)
+        early = (code == 2) & ~held & (n < cfg.early_exchanges) & (
+            score < cfg.early_attack_threshold)
+        code[held | early] = 1
         soon = np.where(held, cfg.min_exchanges_attack, 0).astype(np.float64)
         was = self.seed_[idx].copy()
         self.seed_[idx] = code == 2

@@ -19,7 +19,9 @@ batch ``detect`` on the same log (unless ``--no-batch``) and records:
 - ``load``: the 1-minute load average before and after the replay (shared machines).
 
 Prints one JSON object per seed (or writes them all to ``--json``) and, with ``--markdown``,
-a table per seed plus the worst case over the seeds.
+a table per seed. ``--from-json R1.json R2.json ...`` prints one compact table (a row per
+replay: leakage and median ``exchanges_seen`` at first alert per campaign, benign accounts
+flagged, agreement, throughput) from saved results.
 """
 
 from __future__ import annotations
@@ -122,6 +124,34 @@ def markdown(runs: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def compact(runs: list[dict]) -> str:
+    """One row per replay: leakage per campaign (median exchanges_seen at first alert),
+    benign attack alerts, agreement with batch, throughput, load."""
+    camps = sorted({c["segment"] for r in runs for c in r["leakage"]})
+    short = [c.removeprefix("campaign_") for c in camps]
+    lines = ["| scenario | seed | " + " | ".join(short) + " | benign flagged (worst segment)"
+             " | agreement | events/s (load) |",
+             "|---|---|" + "---|" * len(camps) + "---|---|---|"]
+    for r in runs:
+        by = {c["segment"]: c for c in r["leakage"]}
+        cells = []
+        for c in camps:
+            x = by.get(c)
+            med = x and x["median_seen_at_alert"]
+            cells.append("–" if x is None else f"{100 * x['leakage']:.1f} % "
+                         f"({'–' if med is None else f'{med:g}'})")
+        flagged = sum(s["flagged"] for s in r["benign_fpr"])
+        total = sum(s["accounts"] for s in r["benign_fpr"])
+        worst = max(r["benign_fpr"], key=lambda s: (s["fpr"], s["accounts"]))
+        ben = f"{flagged}/{total:,}" + (f" ({worst['segment']} {100 * worst['fpr']:.2f} %)"
+                                        if flagged else "")
+        agree = f"{100 * r['agreement']:.2f} %" if "agreement" in r else "–"
+        name = r["scenario"] + (f" ×{r['scale']:g}" if r["scale"] != 1 else "")
+        lines.append(f"| {name} | {r['seed']} | " + " | ".join(cells)
+                     + f" | {ben} | {agree} | {r['events_per_s']:,.0f} ({r['load'][0]}) |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--scenario", default="demo")
@@ -135,7 +165,12 @@ def main() -> None:
     ap.add_argument("--no-batch", action="store_true", help="skip the agreement with detect")
     ap.add_argument("--json", type=Path, default=None, help="write the results here")
     ap.add_argument("--markdown", action="store_true", help="print markdown tables")
+    ap.add_argument("--from-json", type=Path, nargs="+", default=None,
+                    help="print the compact table of saved --json results (no replay)")
     a = ap.parse_args()
+    if a.from_json:
+        print(compact([r for p in a.from_json for r in json.loads(p.read_text())]))
+        return
     seeds = [a.seed] if a.seed is not None else a.seeds
     runs = [run_one(a, s) for s in seeds]
     if a.json:

@@ -264,3 +264,30 @@ def test_stream_section_errors_name_the_line(tmp_path):
         load_signals(bad)
     # the line of the stream mapping (its first key)
     assert line <= int(str(e.value).split("signals.yaml:")[1].split(":")[0]) <= line + 1
+
+
+def test_linked_inheritance_when_switched_on(sim, log_frames, learned):
+    """The direct-link rule (off in the shipped signals.yaml): with `inherit_linked` 1 and no
+    score gate, an account sending a seed's exact requests (same IP, client, prompts, so
+    linked in two families) is attack with reason linked_to_flagged."""
+    import dataclasses
+
+    ev, acc, rel = log_frames
+    seeds = [i for i in range(learned.n_accounts_) if learned.seed_[i]]
+    det = _learn(ev, acc, rel)
+    det.signals_ = dataclasses.replace(det.signals_, stream=dataclasses.replace(
+        det.signals_.stream, inherit_linked=1, inherit_linked_min_score=0.0,
+        inherit_payment=0))
+    got = None
+    for i in seeds[:10]:
+        src = ev.filter(pl.col("account_id") == learned.ids_[i]).tail(3)
+        new = f"copy_of_{i}"
+        det.learn_many(src.with_columns(account_id=pl.lit(new),
+                                        ts=ev["ts"].max() + pl.duration(minutes=1)))
+        j = det.index_[new]
+        if det.seed_[det.strong_.get(j, [])].any():
+            got = det.score_one(new)
+            break
+    assert got is not None, "no copy got a direct link to a seed"
+    assert got["verdict"] == "attack"
+    assert got["reasons"].split(";")[0] == "linked_to_flagged"

@@ -291,3 +291,25 @@ def test_linked_inheritance_when_switched_on(sim, log_frames, learned):
     assert got is not None, "no copy got a direct link to a seed"
     assert got["verdict"] == "attack"
     assert got["reasons"].split(";")[0] == "linked_to_flagged"
+
+
+def test_online_attack_threshold_replaces_the_scorers(log_frames, learned):
+    """`stream.attack_threshold` (fitted on online scores by tools/fit_stream.py) decides
+    own-evidence verdicts online instead of the batch scorer's threshold."""
+    import dataclasses
+
+    ev, acc, rel = log_frames
+    n = learned.n_accounts_
+    idx = np.arange(n)
+    for thr, expect_attack in ((1.0, False), (1e-6, True)):
+        det = _learn(ev, acc, rel)
+        det.signals_ = dataclasses.replace(det.signals_, stream=dataclasses.replace(
+            det.signals_.stream, attack_threshold=thr, inherit_payment=0,
+            min_exchanges_attack=1, early_exchanges=0))
+        out = det.score_many(idx)
+        own = out.filter(pl.col("verdict") == "attack")
+        if expect_attack:
+            # every account not capped as solo is attack at a near-zero threshold
+            assert own.height > 0 and own["score"].min() >= 1e-6
+        else:
+            assert own.height == 0 and (out["score"] < 1.0).all()

@@ -1,15 +1,21 @@
-"""Fit the online detector's early-evidence threshold from the training seeds (no held-out data).
+"""Fit the online detector's thresholds from calibration seeds (no held-out data).
 
-Replays the TRAIN seeds of the demo scenario (the seeds the shipped scorer was fitted on)
-through :class:`distillguard.stream.OnlineDetector` with the stream rules switched off
-(``min_exchanges_attack`` 1, no early threshold, no inheritance), rescoring every account
-that had exchanges in a chunk, at every chunk end. Among the rows of *benign* accounts that
-the scorer would make ``attack`` (score over the attack threshold, not capped as solo)
-with ``stream.min_exchanges_attack`` to ``stream.early_exchanges`` - 1 exchanges (fewer are
-held back by the minimum anyway), it takes the highest score; the fitted
-``early_attack_threshold`` lies just above it, so no benign account of the training seeds is
-flagged on its own evidence early in its life. The value is written into the ``stream``
-section of ``signals.yaml`` (the line ``early_attack_threshold: …``).
+Replays the CALIBRATION seeds of the demo scenario (fresh simulations the scorer's weights
+never saw; tools/fit_scorer.py fits its batch thresholds on the same seeds) through
+:class:`distillguard.stream.OnlineDetector` with the stream rules switched off
+(``min_exchanges_attack`` 1, no early threshold, no inheritance, every account not capped as
+solo counted), rescoring every account that had exchanges in a chunk, at every chunk end.
+From the *benign* accounts' rows it fits, for ≤ 0.1 % benign accounts ever flagged:
+
+- ``attack_threshold``: online features (sketches, partial histories) score differently from
+  batch ones, so the online attack threshold is the upper 0.1 % quantile of the highest
+  score, with at least ``early_exchanges`` exchanges, of the benign accounts not capped as
+  solo (as the batch thresholds are fitted);
+- ``early_attack_threshold``: just above the highest benign score with
+  ``min_exchanges_attack`` to ``early_exchanges`` - 1 exchanges (few exchanges give noisy
+  features), and never below ``attack_threshold``.
+
+Both values are written into the ``stream`` section of ``signals.yaml``.
 
     python tools/fit_stream.py [--work DIR] [--chunk-size 1000] [--signals PATH] [--dry-run]
 """
@@ -26,13 +32,14 @@ import numpy as np
 import polars as pl
 
 from distillguard.read import read_labels, read_log
+from distillguard.score import _upper_quantile
 from distillguard.signals import load_signals
 from distillguard.simulate import simulate
 from distillguard.stream import OnlineDetector
 from distillguard.stream.replay import iter_chunks
 
 ROOT = Path(__file__).resolve().parents[1]
-TRAIN = [("demo", 1.0, s) for s in (1, 2, 3)]   # as tools/fit_scorer.py
+CALIBRATION = [("demo", 1.0, s) for s in (4, 5, 6)]   # as tools/fit_scorer.py
 
 
 def early_rows(sim: Path, chunk_size: int, signals) -> pl.DataFrame:
@@ -40,7 +47,7 @@ def early_rows(sim: Path, chunk_size: int, signals) -> pl.DataFrame:
     with exchanges in the chunk; stream rules off."""
     raw = dataclasses.replace(signals, stream=dataclasses.replace(
         signals.stream, min_exchanges_attack=1, early_exchanges=0, inherit_payment=0,
-        inherit_linked=0))
+        inherit_linked=0, attack_threshold=1e-9))
     rows = []
     with read_log([sim / "events"], accounts=sim / "accounts.csv",
                   releases=sim / "releases.csv") as log, tempfile.TemporaryDirectory() as tmp:
@@ -70,8 +77,8 @@ def main() -> None:
     work = a.work or Path(tempfile.mkdtemp(prefix="dg-fit-stream-"))
     n_early = signals.stream.early_exchanges
     n_min = signals.stream.min_exchanges_attack
-    tops, n_benign = [], 0
-    for scenario, scale, seed in TRAIN:
+    tops, peaks, n_benign = [], [], 0
+    for scenario, scale, seed in CALIBRATION:
         sim = work / f"{scenario}-{seed}"
         if not (sim / "truth.csv").exists():
             simulate(scenario, scale=scale, seed=seed, out=sim)
@@ -80,27 +87,32 @@ def main() -> None:
             on="account_id")
         ben = rows.filter(pl.col("label") == "benign")
         n_benign += ben["account_id"].n_unique()
-        early = ben.filter((pl.col("verdict") == "attack")
-                           & pl.col("exchanges_seen").is_between(n_min, n_early - 1))
-        top = early.group_by("account_id", "segment").agg(
-            pl.col("score").max(), pl.col("exchanges_seen").min())
-        tops.append(top.with_columns(seed=pl.lit(seed)))
+        uncapped = ben.filter(pl.col("verdict") == "attack")   # not capped as solo
+        early = uncapped.filter(pl.col("exchanges_seen").is_between(n_min, n_early - 1))
+        tops.append(early.group_by("account_id", "segment").agg(
+            pl.col("score").max(), pl.col("exchanges_seen").min()).with_columns(
+            seed=pl.lit(seed)))
+        # as the batch thresholds: among the accounts the threshold can act on (not capped)
+        peaks.append(uncapped.filter(pl.col("exchanges_seen") >= n_early).group_by(
+            "account_id").agg(pl.col("score").max())["score"].to_numpy())
         print(f"{scenario} seed {seed}: {ben['account_id'].n_unique():,} benign accounts, "
-              f"{top.height} flagged on their own with {n_min}-{n_early - 1} exchanges")
+              f"{tops[-1].height} uncapped with {n_min}-{n_early - 1} exchanges")
     top = pl.concat(tops).sort("score", descending=True)
     print(top.head(10))
+    att = _upper_quantile(np.sort(np.concatenate(peaks)), 0.001)
+    att = float(np.ceil(att * 1e6) / 1e6)
     thr = float(np.nextafter(top["score"].max(), 1.0)) if top.height else 0.0
-    thr = float(np.ceil(thr * 1e6) / 1e6)
-    print(f"early_attack_threshold {thr:.6f} ({n_min}-{n_early - 1} exchanges; "
-          f"{n_benign:,} benign training accounts)")
+    thr = max(float(np.ceil(thr * 1e6) / 1e6), att)
+    print(f"attack_threshold {att:.6f}, early_attack_threshold {thr:.6f} ({n_min}-{n_early - 1} "
+          f"exchanges; {n_benign:,} benign calibration accounts)")
     if a.dry_run:
         return
     text = a.signals.read_text()
-    new, k = re.subn(r"(?m)^(\s*early_attack_threshold:\s*)[0-9.eE+-]+", rf"\g<1>{thr:.6f}",
-                     text)
-    if k != 1:
-        raise SystemExit(f"{a.signals}: no single 'early_attack_threshold:' line to update")
-    a.signals.write_text(new)
+    for key, val in (("early_attack_threshold", thr), ("attack_threshold", att)):
+        text, k = re.subn(rf"(?m)^(\s*{key}:\s*)[0-9.eE+-]+", rf"\g<1>{val:.6f}", text)
+        if k != 1:
+            raise SystemExit(f"{a.signals}: no single '{key}:' line to update")
+    a.signals.write_text(text)
     print(f"wrote {a.signals}")
 
 

@@ -698,6 +698,12 @@ class OnlineDetector:
         sel = np.isin(allidx, idx)
         feats = feats.filter(pl.Series(sel))
         res = self.scorer_.run(feats)
+        t_att = self.signals_.stream.attack_threshold
+        if t_att is not None:  # calibrated on online scores (tools/fit_stream.py)
+            t_sus = min(self.scorer_.thresholds["suspicious"], t_att)
+            res.verdict = self.scorer_.cap_solo(np.where(
+                res.score >= t_att, "attack",
+                np.where(res.score >= t_sus, "suspicious", "benign")), feats)
         score = np.round(res.score, 6)
         self.f_["score"][idx] = score
         n = self.c_["n"][idx]

@@ -17,8 +17,8 @@ earlier answer), each over a pool of keep-alive HTTP/1.1 connections (a new conn
 opened when none is idle, up to ``--max-conns``; beyond that a request waits, and the wait
 counts in its latency). Latency is measured from the **scheduled** send time to the end
 of the response, so a server that falls behind is charged for the queueing (no coordinated
-omission); ``send_lag`` says how late the generator itself sent (its own timer slack and CPU
-share are in the latency figures). The client is a minimal HTTP/1.1 writer/reader over
+omission); ``send_lag`` says how late the generator itself started each request (its own
+timer slack and CPU share, which are in the latency figures too). The client is a minimal HTTP/1.1 writer/reader over
 asyncio streams: the generators share the 2 cores with the server, so the client must cost
 little CPU per request (httpx costs several times more). Successive rates continue through
 the log where the previous one stopped; the service keeps its state between them.
@@ -93,6 +93,7 @@ async def _generate(host: str, port: int, path: str, headers: bytes, bodies: lis
     failures: dict[str, int] = {}
     n = int(rate * seconds)
     due_at = np.zeros(n)
+    began_at = np.zeros(n)
     sent_at = np.zeros(n)
     done_at = np.full(n, np.nan)
     status = np.zeros(n, dtype=np.int32)
@@ -100,6 +101,7 @@ async def _generate(host: str, port: int, path: str, headers: bytes, bodies: lis
             f"content-type: application/json\r\n").encode() + headers
 
     async def one(k: int, body: bytes) -> None:
+        began_at[k] = time.monotonic()
         async with slots:
             await _send_one(k, body)
 
@@ -148,7 +150,7 @@ async def _generate(host: str, port: int, path: str, headers: bytes, bodies: lis
         await asyncio.sleep(0.05)
     for _, w, _ in idle:
         w.close()
-    return due_at, sent_at, done_at, status, failures
+    return due_at, began_at, done_at, status, failures
 
 
 def _worker(args, conn) -> None:
@@ -186,14 +188,14 @@ def run_rate(url: str, token: str | None, bodies: list[bytes], rate: float, seco
     cpu1 = cpu_seconds(server_pid) if server_pid else None
     per_req = lambda i: (round((cpu1[i] - cpu0[i]) / len(status) * 1e6, 1)  # noqa: E731
                          if server_pid else None)
-    due, sent, done, status = (np.concatenate([x[i] for x in parts]) for i in range(4))
+    due, began, done, status = (np.concatenate([x[i] for x in parts]) for i in range(4))
     failures: dict[str, int] = {}
     for x in parts:
         for k, v in x[4].items():
             failures[k] = failures.get(k, 0) + v
     ok = status == 200
     lat = (done - due)[~np.isnan(done)] * 1000
-    lag = (sent - due)[sent > 0] * 1000
+    lag = (began - due)[began > 0] * 1000
     span = np.nanmax(done) - due.min()
     pct = lambda x, q: round(float(np.percentile(x, q)), 3) if len(x) else None  # noqa: E731
     codes, counts = np.unique(status, return_counts=True)
@@ -207,6 +209,23 @@ def run_rate(url: str, token: str | None, bodies: list[bytes], rate: float, seco
             "server_cpu_us_per_request": per_req(0),
             "children_cpu_us_per_request": per_req(1),
             "loadavg": os.getloadavg(), "procs": procs, "seconds": seconds}
+
+
+async def floor_app(scope, receive, send) -> None:
+    """``--floor``: a do-nothing ASGI app (reads the body, answers a fixed decision) under
+    the same uvicorn, to show what the machine, uvicorn and the generator alone cost."""
+    if scope["type"] == "lifespan":
+        while (await receive())["type"] != "lifespan.shutdown":
+            await send({"type": "lifespan.startup.complete"})
+        return await send({"type": "lifespan.shutdown.complete"})
+    more = True
+    while more:
+        more = (await receive()).get("more_body", False)
+    body = b'{"action":"allow"}'
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-type", b"application/json"),
+                            (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
 
 
 def main() -> None:
@@ -224,6 +243,8 @@ def main() -> None:
     ap.add_argument("--server-pid", type=int, default=None,
                     help="with --url: the service's process id, for its CPU time")
     ap.add_argument("--serve-args", default="", help="extra arguments for distillguard serve")
+    ap.add_argument("--floor", action="store_true",
+                    help="serve the do-nothing floor_app instead of distillguard")
     ap.add_argument("--out", type=Path, default=None, help="also write the results here")
     a = ap.parse_args()
     bodies = request_bodies(a.seed, a.work)
@@ -231,8 +252,11 @@ def main() -> None:
     url, token = a.url, os.environ.get(a.token_env) if a.token_env else None
     if url is None:
         port = free_port()
-        srv = subprocess.Popen([sys.executable, "-m", "distillguard", "serve", "--no-auth",
-                                "--port", str(port), *a.serve_args.split()])
+        cmd = ([sys.executable, "-m", "uvicorn", "--app-dir", str(Path(__file__).parent),
+                "loadtest_decide:floor_app", "--no-access-log", "--log-level", "warning"]
+               if a.floor else
+               [sys.executable, "-m", "distillguard", "serve", "--no-auth", *a.serve_args.split()])
+        srv = subprocess.Popen([*cmd, "--port", str(port)])
         url = f"http://127.0.0.1:{port}"
     try:
         for _ in range(300):
@@ -247,7 +271,7 @@ def main() -> None:
             res = run_rate(url, token, bodies[cursor:] + bodies[:cursor], rate, a.seconds,
                            a.procs, srv.pid if srv else a.server_pid, a.max_conns)
             cursor = (cursor + res["requests"]) % len(bodies)
-            res["serve_args"] = a.serve_args
+            res["serve_args"] = "floor_app" if a.floor else a.serve_args
             print(json.dumps(res), flush=True)
             results.append(res)
         if a.out:

@@ -24,8 +24,9 @@ little CPU per request (httpx costs several times more). Successive rates contin
 the log where the previous one stopped; the service keeps its state between them.
 
 Prints one JSON object per rate (achieved rate, errors, status counts, latency p50/p95/p99/max
-in ms, send lag, the server process's CPU time per request, and the load average) and, with
-``--out``, writes them all to a JSON file.
+in ms, send lag, CPU time per request of the server process, of its children (the learner)
+and of the generators, and the load average) and, with ``--out``, writes them all to a JSON
+file. A request still unanswered 10 s after the last send counts as an error (status 0).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ import asyncio
 import json
 import multiprocessing as mp
 import os
+import resource
 import socket
 import subprocess
 import sys
@@ -159,7 +161,9 @@ def _worker(args, conn) -> None:
         run = uvloop.run
     except ImportError:
         run = asyncio.run
-    conn.send(run(_generate(*args)))
+    res = run(_generate(*args))
+    ru = resource.getrusage(resource.RUSAGE_SELF)     # this generator's own CPU
+    conn.send((*res, ru.ru_utime + ru.ru_stime))
     conn.close()
 
 
@@ -189,6 +193,7 @@ def run_rate(url: str, token: str | None, bodies: list[bytes], rate: float, seco
     per_req = lambda i: (round((cpu1[i] - cpu0[i]) / len(status) * 1e6, 1)  # noqa: E731
                          if server_pid else None)
     due, began, done, status = (np.concatenate([x[i] for x in parts]) for i in range(4))
+    gen_cpu = sum(x[5] for x in parts)
     failures: dict[str, int] = {}
     for x in parts:
         for k, v in x[4].items():
@@ -208,6 +213,7 @@ def run_rate(url: str, token: str | None, bodies: list[bytes], rate: float, seco
             "send_lag_p50_ms": pct(lag, 50), "send_lag_p99_ms": pct(lag, 99),
             "server_cpu_us_per_request": per_req(0),
             "children_cpu_us_per_request": per_req(1),
+            "generator_cpu_us_per_request": round(gen_cpu / len(status) * 1e6, 1),
             "loadavg": os.getloadavg(), "procs": procs, "seconds": seconds}
 
 

@@ -247,3 +247,24 @@ def test_learner_process_behind_the_service():
         assert h["accounts"] == 6 and h["learner"] == "process"
         assert body["verdict"] in ("suspicious", "attack") and body["action"] != "allow"
     assert not proc.is_alive()
+
+
+def test_a_group_change_republishes_untouched_members():
+    """c links to a and b (shared IP, client, system prompt): the group reaches the cluster
+    size in a batch holding only c's requests, and a's and b's rows get the cluster too."""
+    eng = DecisionEngine()
+
+    def r(a, i):
+        return {"account_id": a, "ts": 1_750_000_000 + i, "prompt": f"q {i}",
+                "ip": "198.51.100.7", "user_agent": "bot/1", "system": "You are X"}
+    for i in range(3):
+        eng.decide(r("a", i))
+        eng.decide(r("b", i))
+    eng.flush()
+    assert eng.table["a"][3] is None and eng.table["b"][3] is None
+    for i in range(3, 6):
+        eng.decide(r("c", i))
+    eng.flush()
+    cluster = eng.table["c"][3]
+    assert cluster is not None and eng.table["a"][3] == eng.table["b"][3] == cluster
+    assert eng.decide(r("a", 9)).cluster_id == cluster

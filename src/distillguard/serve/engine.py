@@ -179,6 +179,7 @@ class DecisionEngine:
         self._stop = threading.Event()
         self._proc = None
         self._seq = self._acked = 0
+        self._send_lock = threading.Lock()
         self._acked_cv = threading.Condition()
         self._n_accounts = 0
         self.learner_error: str | None = None
@@ -232,14 +233,15 @@ class DecisionEngine:
     def flush(self, wait: bool = True) -> int:
         """Learn the queued requests (with a learner process: send them, and with ``wait``
         wait until their rows are back); returns how many were queued."""
+        if self.learner == "process" and self._proc is None:
+            return 0                         # not started: the requests stay queued
         with self._pending_lock:
             batch, self._pending = self._pending, []
         if self._proc is not None:
-            if batch:
-                self._send(batch)
+            seq = self._send(batch) if batch else self._seq
             if wait:
                 with self._acked_cv:
-                    self._acked_cv.wait_for(lambda: self._acked >= self._seq
+                    self._acked_cv.wait_for(lambda: self._acked >= seq
                                             or self.learner_error is not None, timeout=30)
             return len(batch)
         if batch:
@@ -256,12 +258,14 @@ class DecisionEngine:
                 rows = self._pub.changed(account_ids)
             self._apply(rows)
 
-    def _send(self, records) -> None:
-        self._seq += 1
-        try:
-            self._to_learner.send_bytes(orjson.dumps([self._seq, records], default=str))
-        except OSError as err:
-            self.learner_error = f"learner process gone: {err}"
+    def _send(self, records) -> int:
+        with self._send_lock:                # one writer at a time on the pipe
+            self._seq += 1
+            try:
+                self._to_learner.send_bytes(orjson.dumps([self._seq, records], default=str))
+            except OSError as err:
+                self.learner_error = f"learner process gone: {err}"
+            return self._seq
 
     def _receive(self) -> None:
         while True:

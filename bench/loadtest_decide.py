@@ -18,9 +18,10 @@ opened when none is idle, up to ``--max-conns``; beyond that a request waits, an
 counts in its latency). Latency is measured from the **scheduled** send time to the end
 of the response, so a server that falls behind is charged for the queueing (no coordinated
 omission); ``send_lag`` says how late the generator itself started each request (its own
-timer slack and CPU share, which are in the latency figures too). The client is a minimal HTTP/1.1 writer/reader over
-asyncio streams: the generators share the 2 cores with the server, so the client must cost
-little CPU per request (httpx costs several times more). Successive rates continue through
+timer slack and CPU share, which are in the latency figures too). The client is a minimal HTTP/1.1 writer/reader (an
+asyncio ``Protocol`` per connection, callbacks instead of a task per request): the generators
+share the 2 cores with the server, so the client must cost little CPU per request (httpx
+costs several times more, asyncio streams about 3x). Successive rates continue through
 the log where the previous one stopped; the service keeps its state between them.
 
 Prints one JSON object per rate (achieved rate, errors, status counts, latency p50/p95/p99/max
@@ -33,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import json
 import multiprocessing as mp
 import os
@@ -88,71 +90,122 @@ def cpu_seconds(pid: int) -> tuple[float, float]:
 
 # -- one generator process ------------------------------------------------------------------
 
+class _Conn(asyncio.Protocol):
+    """One keep-alive HTTP/1.1 connection: one request in flight at a time; the response is
+    complete when its head and ``content-length`` bytes of body are in."""
+
+    def __init__(self, gen: _Gen) -> None:
+        self.gen, self.buf, self.k, self.t = gen, b"", -1, None
+        self.last = 0.0          # when it last answered (idle connections age out)
+
+    def connection_made(self, transport) -> None:
+        self.t = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        h = self.buf.find(b"\r\n\r\n")
+        if h < 0 or self.k < 0:
+            return
+        head = self.buf[:h].lower()
+        i, n = head.find(b"content-length:"), 0
+        if i >= 0:
+            j = head.find(b"\r\n", i)
+            n = int(head[i + 15:j if j >= 0 else h])
+        if len(self.buf) < h + 4 + n:
+            return
+        k, self.k = self.k, -1
+        self.buf = self.buf[h + 4 + n:]
+        self.gen.finish(self, k, int(head[9:12]))
+
+    def connection_lost(self, exc) -> None:
+        self.t = None
+        if self.k >= 0:
+            k, self.k = self.k, -1
+            self.gen.finish(None, k, -1, type(exc).__name__ if exc else "ConnectionClosed")
+
+
+class _Gen:
+    """Open-loop sender: at each scheduled time the request goes out on an idle connection,
+    else on a new one (up to ``max_conns``), else it waits for the next free connection."""
+
+    def __init__(self, host, port, path, headers, bodies, n, max_conns) -> None:
+        self.host, self.port, self.bodies, self.max_conns = host, port, bodies, max_conns
+        self.head = (f"POST {path} HTTP/1.1\r\nhost: {host}:{port}\r\n"
+                     f"content-type: application/json\r\n").encode() + headers
+        self.idle: list[_Conn] = []
+        self.waiting: collections.deque[int] = collections.deque()
+        self.open = self.outstanding = 0
+        self.failures: dict[str, int] = {}
+        self.due_at, self.began_at = np.zeros(n), np.zeros(n)
+        self.done_at = np.full(n, np.nan)
+        self.status = np.zeros(n, dtype=np.int32)
+
+    def dispatch(self, k: int) -> None:
+        self.began_at[k] = time.monotonic()
+        self.outstanding += 1
+        now = self.began_at[k]
+        while self.idle:      # skip connections the server may have closed (keep-alive 5 s)
+            c = self.idle.pop()
+            if c.t is not None and now - c.last < KEEPALIVE_S:
+                return self._send(c, k)
+            if c.t is not None:
+                c.t.close()
+            self.open -= 1
+        if self.open < self.max_conns:
+            self.open += 1
+            asyncio.ensure_future(self._connect(k))
+        else:
+            self.waiting.append(k)
+
+    async def _connect(self, k: int) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            _, c = await loop.create_connection(lambda: _Conn(self), self.host, self.port)
+        except OSError as err:
+            return self.finish(None, k, -1, type(err).__name__)
+        self._send(c, k)
+
+    def _send(self, c: _Conn, k: int) -> None:
+        body = self.bodies[k % len(self.bodies)]
+        c.k = k
+        c.t.write(self.head + b"content-length: %d\r\n\r\n" % len(body) + body)
+
+    def finish(self, c: _Conn | None, k: int, status: int, failure: str | None = None) -> None:
+        self.done_at[k] = now = time.monotonic()
+        self.status[k] = status
+        self.outstanding -= 1
+        if failure is not None:
+            self.failures[failure] = self.failures.get(failure, 0) + 1
+        if c is None:                       # the connection failed or was closed
+            self.open -= 1
+            if self.waiting and self.open < self.max_conns:
+                self.open += 1
+                asyncio.ensure_future(self._connect(self.waiting.popleft()))
+            return
+        c.last = now
+        if self.waiting:
+            self._send(c, self.waiting.popleft())
+        else:
+            self.idle.append(c)
+
+
 async def _generate(host: str, port: int, path: str, headers: bytes, bodies: list[bytes],
                     rate: float, start: float, seconds: float, max_conns: int):
-    idle: list[tuple] = []
-    slots = asyncio.Semaphore(max_conns)      # at most this many connections open
-    failures: dict[str, int] = {}
     n = int(rate * seconds)
-    due_at = np.zeros(n)
-    began_at = np.zeros(n)
-    sent_at = np.zeros(n)
-    done_at = np.full(n, np.nan)
-    status = np.zeros(n, dtype=np.int32)
-    head = (f"POST {path} HTTP/1.1\r\nhost: {host}:{port}\r\n"
-            f"content-type: application/json\r\n").encode() + headers
-
-    async def one(k: int, body: bytes) -> None:
-        began_at[k] = time.monotonic()
-        async with slots:
-            await _send_one(k, body)
-
-    async def _send_one(k: int, body: bytes) -> None:
-        conn = None
-        while idle:        # skip connections the server may have closed (keep-alive 5 s)
-            conn = idle.pop()
-            if time.monotonic() - conn[2] < KEEPALIVE_S:
-                break
-            conn[1].close()
-            conn = None
-        try:
-            if conn is None:
-                conn = (*await asyncio.open_connection(host, port), 0.0)
-            reader, writer, _ = conn
-            sent_at[k] = time.monotonic()
-            writer.write(head + b"content-length: %d\r\n\r\n" % len(body) + body)
-            raw = await reader.readuntil(b"\r\n\r\n")
-            status[k] = int(raw[9:12])
-            length = 0
-            for line in raw.lower().split(b"\r\n"):
-                if line.startswith(b"content-length:"):
-                    length = int(line[15:])
-            await reader.readexactly(length)
-            done_at[k] = time.monotonic()
-            idle.append((reader, writer, done_at[k]))
-        except (OSError, asyncio.IncompleteReadError, ValueError) as err:
-            failures[type(err).__name__] = failures.get(type(err).__name__, 0) + 1
-            status[k] = -1
-            done_at[k] = time.monotonic()
-            if conn is not None:
-                conn[1].close()
-
-    tasks = set()
+    g = _Gen(host, port, path, headers, bodies, n, max_conns)
     for k in range(n):
-        due = start + k / rate
-        due_at[k] = due
+        due = g.due_at[k] = start + k / rate
         wait = due - time.monotonic()
         if wait > 0:
             await asyncio.sleep(wait)
-        t = asyncio.ensure_future(one(k, bodies[k % len(bodies)]))
-        tasks.add(t)
-        t.add_done_callback(tasks.discard)
+        g.dispatch(k)
     deadline = time.monotonic() + 10
-    while tasks and time.monotonic() < deadline:
+    while g.outstanding and time.monotonic() < deadline:
         await asyncio.sleep(0.05)
-    for _, w, _ in idle:
-        w.close()
-    return due_at, began_at, done_at, status, failures
+    for c in g.idle:
+        if c.t is not None:
+            c.t.close()
+    return g.due_at, g.began_at, g.done_at, g.status, g.failures
 
 
 def _worker(args, conn) -> None:

@@ -309,8 +309,10 @@ def stream(paths, accounts, releases, skip_invalid, out, policy_path, model_path
               show_default=True,
               help="Seconds between learning batches (larger batches cost less per request; "
                    "decisions reflect the state up to about this old).")
+@click.option("--learner-nice", type=click.IntRange(0, 19), default=5, show_default=True,
+              help="Lower the learner process's CPU priority by this much (serving first).")
 def serve(host, port, policy_path, accounts, token_env, no_auth, decision_log, max_body_bytes,
-          learner, learn_interval):
+          learner, learn_interval, learner_nice):
     """Run the decision service: POST /v1/decide, /healthz, /metrics, /openapi.json.
 
     \b
@@ -340,11 +342,13 @@ def serve(host, port, policy_path, accounts, token_env, no_auth, decision_log, m
     engine = DecisionEngine(policy=load_policy(policy_path),
                             detector=OnlineDetector(accounts=acc),
                             decision_log=str(decision_log) if decision_log else None,
-                            learner=learner, rescore_interval_s=learn_interval)
+                            learner=learner, rescore_interval_s=learn_interval,
+                            learner_nice=learner_nice)
     # uvloop + httptools when installed (the serve extra); no access log on the hot path
     uvicorn.run(create_app(engine, token=None if no_auth else token,
                            max_body_bytes=max_body_bytes),
-                host=host, port=port, log_level="warning", access_log=False)
+                host=host, port=port, log_level="warning", access_log=False,
+                proxy_headers=False, server_header=False)
 
 
 @cli.command()

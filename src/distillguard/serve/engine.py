@@ -23,6 +23,7 @@ can be appended to a JSON Lines log.
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
 import threading
 import time
 from collections import Counter
@@ -132,9 +133,12 @@ def _valid(rec: dict) -> bool:
         return False
 
 
-def _learner_main(inbox, outbox, detector: OnlineDetector) -> None:
+def _learner_main(inbox, outbox, detector: OnlineDetector, nice: int = 0) -> None:
     """The learner process: learn each batch the serving process sends, reply with the
-    changed rows. ``[seq, None]`` (or the pipe closing) stops it."""
+    changed rows. ``[seq, None]`` (or the pipe closing) stops it. ``nice`` lowers its CPU
+    priority so that, on busy cores, the serving process gets the CPU first."""
+    if nice:
+        os.nice(nice)
     pub = Publisher(detector)
     detector._init()
     while True:
@@ -156,7 +160,8 @@ class DecisionEngine:
 
     def __init__(self, *, policy: Policy | None = None, detector: OnlineDetector | None = None,
                  sync: bool = False, rescore_interval_s: float = 0.1,
-                 decision_log: str | None = None, learner: str = "thread") -> None:
+                 decision_log: str | None = None, learner: str = "thread",
+                 learner_nice: int = 5) -> None:
         if learner not in ("thread", "process"):
             raise ConfigError(f"learner must be 'thread' or 'process', not {learner!r}")
         self.policy = policy or load_policy()
@@ -167,6 +172,7 @@ class DecisionEngine:
         self.detector = None if self.learner == "process" else self._template
         self._pub = Publisher(self.detector) if self.detector is not None else None
         self.rescore_interval_s = rescore_interval_s
+        self.learner_nice = learner_nice
         self.decision_log = decision_log
         self.buckets = TokenBuckets()
         self._lock = threading.Lock()            # the detector (learning, not deciding)
@@ -199,7 +205,8 @@ class DecisionEngine:
             inbox, self._to_learner = ctx.Pipe(duplex=False)
             self._from_learner, outbox = ctx.Pipe(duplex=False)
             self._proc = ctx.Process(target=_learner_main, name="distillguard-learner",
-                                     args=(inbox, outbox, self._template), daemon=True)
+                                     args=(inbox, outbox, self._template,
+                                           self.learner_nice), daemon=True)
             self._proc.start()
             inbox.close()
             outbox.close()

@@ -78,7 +78,7 @@ class Publisher:
         self.fed: Counter = Counter()        # records learned per account from the engine
         self.rows: dict[str, tuple] = {}     # last row published per account
 
-    def learn(self, records: list[dict], *, fed: bool = True) -> list[list]:
+    def learn(self, records: list[dict]) -> list[list]:
         """Learn ``records`` (time-sorted here) and rescore due accounts; changed rows."""
         det = self.detector
         det._init()
@@ -93,8 +93,7 @@ class Publisher:
         due = det.learn_many(frame)
         if len(due):
             det.score_many(due)
-        if fed:
-            self.fed.update(str(r["account_id"]) for r in records)
+        self.fed.update(str(r["account_id"]) for r in records)
         return self.changed(accounts, before, due)
 
     def _group(self, i: int) -> tuple[int, int]:

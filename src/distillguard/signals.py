@@ -44,6 +44,65 @@ class Signal:
 
 
 @dataclass(frozen=True)
+class SoloLift:
+    """Second look at accounts capped below ``attack`` for lack of coordination evidence.
+
+    A capped account (score at or above the attack threshold — or ``min_score`` if set —, no
+    cluster, no edge) is judged ``attack`` after all when it shares a *rare* value of one of
+    ``kinds`` (held by at most ``max_holders`` accounts) with at least ``min_flagged_peers``
+    other accounts whose first-pass verdict is in ``flagged``: low-and-slow campaigns spread over residential
+    proxies leave too few shared values per pair for a two-family edge, but their members
+    still reuse the same proxy exits.
+    """
+
+    kinds: tuple[str, ...] = ("ip", "ip_prefix")
+    #: lowest score considered (None: the attack threshold, i.e. only accounts the cap held)
+    min_score: float | None = None
+    max_holders: int = 30
+    min_flagged_peers: int = 1
+    flagged: tuple[str, ...] = ("attack", "suspicious")
+    reason: str = "rare_ip_shared_with_flagged_accounts"
+
+
+@dataclass(frozen=True)
+class StreamConfig:
+    """When the online detector scores, and how an account inherits its group's flag.
+
+    ``grace``: exchanges before an account is first scored; ``rescore_factor``: it is
+    rescored when its count has grown by this factor. ``min_exchanges_attack``: an account's
+    own score makes it ``attack`` only from this many exchanges on (few exchanges give noisy
+    features; below, it is at most ``suspicious``), and below ``early_exchanges`` exchanges
+    only with a score of at least ``early_attack_threshold`` (fitted by
+    ``tools/fit_stream.py``) — accounts flagged this way are *seeds*.
+    An account inherits ``attack`` (whatever its count) when at least ``inherit_payment``
+    seeds share its payment instrument, or when at least ``inherit_linked`` seeds are linked
+    to it directly (shared values of ``link.min_families`` families) and its own score is at
+    least ``inherit_linked_min_score``. 0 turns a rule off.
+    """
+
+    grace: int = 20
+    rescore_factor: float = 1.5
+    min_exchanges_attack: int = 1
+    early_exchanges: int = 0
+    early_attack_threshold: float = 0.0
+    inherit_payment: int = 0
+    inherit_linked: int = 0
+    inherit_linked_min_score: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.grace < 1 or self.min_exchanges_attack < 1:
+            raise TypeError("grace and min_exchanges_attack must be >= 1")
+        if self.rescore_factor <= 1.0:
+            raise TypeError("rescore_factor must be > 1")
+        if self.inherit_payment < 0 or self.inherit_linked < 0:
+            raise TypeError("inherit_payment and inherit_linked must be >= 0")
+        if self.early_exchanges < 0 or not 0.0 <= self.early_attack_threshold <= 1.0:
+            raise TypeError("early_exchanges must be >= 0, early_attack_threshold in 0..1")
+        if not 0.0 <= self.inherit_linked_min_score <= 1.0:
+            raise TypeError("inherit_linked_min_score must be in 0..1")
+
+
+@dataclass(frozen=True)
 class SignalSet:
     version: int
     signals: tuple[Signal, ...]
@@ -51,7 +110,10 @@ class SignalSet:
     thresholds: dict[str, float]
     link: LinkConfig
     cluster: dict = field(default_factory=dict)
+    #: when a capped solo account may still be judged ``attack`` (score.lift_solo)
+    solo_lift: SoloLift | None = None
     source: str = ""
+    stream: StreamConfig = field(default_factory=StreamConfig)
 
     @property
     def ids(self) -> list[str]:
@@ -77,7 +139,8 @@ class SignalSet:
 
 _SIGNAL_KEYS = {"id", "description", "weight", "type", "feature", "lo", "hi", "direction",
                 "of", "level"}
-_TOP_KEYS = {"version", "signals", "intercept", "thresholds", "link", "cluster"}
+_TOP_KEYS = {"version", "signals", "intercept", "thresholds", "link", "cluster", "solo_lift",
+             "stream"}
 
 
 def load_signals(path: str | Path | None = None) -> SignalSet:
@@ -138,10 +201,29 @@ def load_signals(path: str | Path | None = None) -> SignalSet:
         link = LinkConfig(**link_raw)
     except TypeError as err:
         raise ConfigError(f"{name}: link: {err}") from None
+    stream_raw = doc.get("stream", {}) or {}
+    try:
+        stream = StreamConfig(**strip_lines(stream_raw))
+    except TypeError as err:
+        raise ConfigError(f"{name}:{stream_raw.get('__line__', '?')}: stream: {err}") from None
     thresholds = strip_lines(doc.get("thresholds", {}) or {})
     if set(thresholds) != {"attack", "suspicious"}:
         raise ConfigError(f"{name}: thresholds must give 'attack' and 'suspicious'")
+    lift = None
+    if doc.get("solo_lift"):
+        lift_raw = strip_lines(doc["solo_lift"])
+        try:
+            lift = SoloLift(**{k: (tuple(v) if isinstance(v, list) else v)
+                               for k, v in lift_raw.items()})
+        except TypeError as err:
+            raise ConfigError(f"{name}: solo_lift: {err}") from None
+        bad = [k for k in lift.kinds if k not in link.kind_weights]
+        if bad or lift.min_flagged_peers < 1 or lift.max_holders < 2:
+            raise ConfigError(f"{name}:{doc['solo_lift'].get('__line__', '?')}: solo_lift: kinds "
+                              f"must be link kinds (unknown: {bad}), min_flagged_peers >= 1, "
+                              f"max_holders >= 2")
     return SignalSet(version=int(doc.get("version", 1)), signals=tuple(signals),
                      intercept=float(doc.get("intercept", 0.0)),
                      thresholds={k: float(v) for k, v in thresholds.items()}, link=link,
-                     cluster=strip_lines(doc.get("cluster", {}) or {}), source=name)
+                     cluster=strip_lines(doc.get("cluster", {}) or {}), solo_lift=lift,
+                     source=name, stream=stream)

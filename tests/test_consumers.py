@@ -392,14 +392,16 @@ class _Memory:
         pass
 
 
-def test_a_decision_engine_learns_the_broker_traffic(tmp_path):
-    """With a DecisionEngine as target, the gateway's decisions see the consumed records."""
+@pytest.mark.parametrize("sync", [True, False])
+def test_a_decision_engine_learns_the_broker_traffic(tmp_path, sync):
+    """With a DecisionEngine as target, the gateway's decisions see the consumed records
+    (with background learning: through the rows the consumer republishes)."""
     from distillguard.act import load_policy
     from distillguard.serve import DecisionEngine
 
     (tmp_path / "p.yaml").write_text("id: t\nversion: 1\nrules:\n  - id: heavy\n"
                                      "    when: {exchanges_min: 20}\n    action: block\n")
-    eng = DecisionEngine(policy=load_policy(tmp_path / "p.yaml"), sync=True)
+    eng = DecisionEngine(policy=load_policy(tmp_path / "p.yaml"), sync=sync)
     mem = _Memory([json.dumps(r).encode() for r in RECORDS])
     res = run_consumer(mem, eng, out=tmp_path / "o", max_records=128, idle_polls=1,
                        timeout=0)
@@ -407,4 +409,14 @@ def test_a_decision_engine_learns_the_broker_traffic(tmp_path):
         str(i) for i in range(len(RECORDS))]
     d = eng.decide({"account_id": "acct-03", "prompt": "one more", "ts": T0.isoformat()})
     assert d.action == "block" and d.rule == "heavy"
+    assert d.exchanges_seen == PER_ACC + 1
     assert eng.decide({"account_id": "new", "prompt": "hi"}).action == "allow"
+
+
+def test_an_engine_with_a_learner_process_is_refused(tmp_path):
+    from distillguard.errors import ConfigError
+    from distillguard.serve import DecisionEngine
+
+    eng = DecisionEngine(learner="process")
+    with pytest.raises(ConfigError, match="separate process"):
+        run_consumer(_Memory([]), eng, out=tmp_path / "o", idle_polls=1, timeout=0)

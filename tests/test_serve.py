@@ -192,3 +192,79 @@ def test_default_policy_blocks_a_simulated_campaign_account():
         acts.setdefault(bot, []).append(d.action)
     assert all(a[0] == "allow" for a in acts.values())
     assert d.verdict in ("suspicious", "attack") and acts[d.account_id][-1] != "allow", d
+
+def test_routes_and_field_errors(policy):
+    with TestClient(create_app(DecisionEngine(policy=policy, sync=True))) as c:
+        r = c.post("/v1/decide", json=req("a", max_tokens="lots"))
+        assert r.status_code == 422 and "max_tokens" in r.json()["detail"]
+        r = c.post("/v1/decide", json=req("a", account_id=""))
+        assert r.status_code == 422 and "account_id" in r.json()["detail"]
+        assert c.post("/v1/decide", content=b"[1, 2]").status_code == 422
+        assert c.post("/v1/decide", content=b"{not json").status_code == 422
+        assert c.get("/v1/decide").status_code == 405
+        assert c.get("/nowhere").status_code == 404
+        assert c.get("/docs").status_code == 200
+        m = c.get("/metrics").text
+        assert "distillguard_request_errors_total 4" in m
+
+
+def test_background_learning_counts_and_publishes(policy):
+    """Learner thread (flushed by hand here): the request path counts requests not learned
+    yet, so volume rules act at once, and reads learned rows from the table."""
+    eng = DecisionEngine(policy=policy)
+    ds = [eng.decide(req("a", i, tier="free")) for i in range(3)]
+    assert [d.exchanges_seen for d in ds] == [1, 2, 3]
+    assert [d.action for d in ds] == ["allow"] * 3 and eng.table == {}
+    assert eng.flush() == 3
+    assert eng.table["a"][4:] == ("free", 3, 3) and eng.n_accounts == 1
+    d = eng.decide(req("a", 3))            # no tier sent: the learned one applies
+    assert (d.exchanges_seen, d.tier, d.action) == (4, "free", "block")
+
+
+def test_learner_process_behind_the_service():
+    """``learner="process"``: the detector lives in a child process started with the app;
+    its learned verdicts come back to the request path; stopping the app stops it."""
+    from distillguard.stream import OnlineDetector
+
+    eng = DecisionEngine(learner="process", detector=OnlineDetector(grace=5),
+                         rescore_interval_s=0.05)
+    assert eng.detector is None
+    with TestClient(create_app(eng)) as c:
+        proc = eng._proc
+        assert proc.is_alive()
+        for i in range(300):
+            bot = f"bot{i % 6}"
+            body = c.post("/v1/decide", json={
+                "account_id": bot, "ts": 1_750_000_000 + 1.0 * i,
+                "prompt": f"Solve step by step and show all reasoning: {i} * 17 = ?",
+                "max_tokens": 8192, "thinking": True, "temperature": 0.0,
+                "tier": "education", "ip": f"203.0.113.{i % 9}",
+                "user_agent": "python-httpx/0.27", "tls_fingerprint": "t13d1516h2_x"}).json()
+            assert body["exchanges_seen"] == i // 6 + 1
+            if i % 30 == 29:
+                eng.flush()
+        h = c.get("/healthz").json()
+        assert h["accounts"] == 6 and h["learner"] == "process"
+        assert body["verdict"] in ("suspicious", "attack") and body["action"] != "allow"
+    assert not proc.is_alive()
+
+
+def test_a_group_change_republishes_untouched_members():
+    """c links to a and b (shared IP, client, system prompt): the group reaches the cluster
+    size in a batch holding only c's requests, and a's and b's rows get the cluster too."""
+    eng = DecisionEngine()
+
+    def r(a, i):
+        return {"account_id": a, "ts": 1_750_000_000 + i, "prompt": f"q {i}",
+                "ip": "198.51.100.7", "user_agent": "bot/1", "system": "You are X"}
+    for i in range(3):
+        eng.decide(r("a", i))
+        eng.decide(r("b", i))
+    eng.flush()
+    assert eng.table["a"][3] is None and eng.table["b"][3] is None
+    for i in range(3, 6):
+        eng.decide(r("c", i))
+    eng.flush()
+    cluster = eng.table["c"][3]
+    assert cluster is not None and eng.table["a"][3] == eng.table["b"][3] == cluster
+    assert eng.decide(r("a", 9)).cluster_id == cluster

@@ -303,7 +303,17 @@ def stream(paths, accounts, releases, skip_invalid, out, policy_path, model_path
               help="Append every decision as a JSON line to this file.")
 @click.option("--max-body-bytes", type=click.IntRange(1), default=256 * 1024,
               show_default=True)
-def serve(host, port, policy_path, accounts, token_env, no_auth, decision_log, max_body_bytes):
+@click.option("--learner", type=click.Choice(["process", "thread"]), default="process",
+              show_default=True,
+              help="Learn requests in a child process (off the serving GIL) or a thread.")
+@click.option("--learn-interval", type=click.FloatRange(0.01, 60), default=0.5,
+              show_default=True,
+              help="Seconds between learning batches (larger batches cost less per request; "
+                   "decisions reflect the state up to about this old).")
+@click.option("--learner-nice", type=click.IntRange(0, 19), default=5, show_default=True,
+              help="Lower the learner process's CPU priority by this much (serving first).")
+def serve(host, port, policy_path, accounts, token_env, no_auth, decision_log, max_body_bytes,
+          learner, learn_interval, learner_nice):
     """Run the decision service: POST /v1/decide, /healthz, /metrics, /openapi.json.
 
     \b
@@ -332,10 +342,14 @@ def serve(host, port, policy_path, accounts, token_env, no_auth, decision_log, m
         acc = read_accounts(accounts)
     engine = DecisionEngine(policy=load_policy(policy_path),
                             detector=OnlineDetector(accounts=acc),
-                            decision_log=str(decision_log) if decision_log else None)
+                            decision_log=str(decision_log) if decision_log else None,
+                            learner=learner, rescore_interval_s=learn_interval,
+                            learner_nice=learner_nice)
+    # uvloop + httptools when installed (the serve extra); no access log on the hot path
     uvicorn.run(create_app(engine, token=None if no_auth else token,
                            max_body_bytes=max_body_bytes),
-                host=host, port=port, log_level="warning")
+                host=host, port=port, log_level="warning", access_log=False,
+                proxy_headers=False, server_header=False)
 
 
 @cli.command()

@@ -349,6 +349,10 @@ def run_consumer(consumer: Consumer, target=None, *, out, policy_path=None,
     started = time.perf_counter()
     target = OnlineDetector() if target is None else target
     det = getattr(target, "detector", target)
+    if det is None:
+        raise ConfigError("this DecisionEngine learns in a separate process: consume into "
+                          "an engine with learner='thread' (or sync=True)")
+    publish = getattr(target, "publish", None)   # an engine: republish its decision rows
     lock = getattr(target, "_lock", None) or contextlib.nullcontext()
     policy = getattr(target, "policy", None) or load_policy(policy_path)
     out = Path(out)
@@ -423,6 +427,8 @@ def run_consumer(consumer: Consumer, target=None, *, out, policy_path=None,
                         changed = (det.verdict_[due] != before) & (det.verdict_[due] > 0)
                         n_alerts += _write_alerts(fh, det, scored.filter(pl.Series(changed)),
                                                   policy)
+                if publish is not None:
+                    publish(frame["account_id"].unique().to_list())
                 events_done += frame.height
                 learned += frame.height
             batches += 1

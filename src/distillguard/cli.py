@@ -134,7 +134,8 @@ def simulate(scenario, scale, seed, out, fmt, list_, quiet):
               help="CSV with account_id: customers allowed to generate training data "
                    "(scored, never given verdict attack).")
 @click.option("--profile", "profile", is_flag=True,
-              help="Print a per-stage time and peak-memory table at the end (stderr).")
+              help="Log each stage's time and memory as it ends, and print a per-stage table "
+                   "at the end (stderr); the log is always written to OUT/profile.log.")
 @_quiet_opt
 def detect(paths, accounts, releases, skip_invalid, log_format, account_from, ts_from, out,
            model_path, allowlist, profile, quiet):
@@ -148,7 +149,7 @@ def detect(paths, accounts, releases, skip_invalid, log_format, account_from, ts
     from .detect import detect as run_detect
     from .profile import StageProfiler
 
-    prof = StageProfiler()
+    prof = StageProfiler(echo=sys.stderr if profile else None)
     result = run_detect(list(paths), accounts=accounts, releases=releases, out=out,
                         skip_invalid=skip_invalid, model_path=model_path,
                         format=log_format, account_from=account_from, ts_from=ts_from,

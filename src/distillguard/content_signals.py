@@ -42,9 +42,13 @@ def sample_prompts(events: pl.LazyFrame, *, max_prompts: int = 200, seed: int = 
             .drop("_h").collect(engine="streaming").sort("account_id", "ts"))
 
 
-def content_features(sample: pl.DataFrame, *, seed: int = 0, classifier=None
+def content_features(sample: pl.DataFrame, *, seed: int = 0, classifier=None, note=None
                      ) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """Per-account content features, and the sample with ``task`` / ``template_id`` added."""
+    """Per-account content features, and the sample with ``task`` / ``template_id`` added.
+
+    ``note``: optional callable given a progress message after each step (the profiler's).
+    """
+    note = note or (lambda _msg: None)
     if classifier is None:
         classifier = load_default()
     # classify each distinct (prompt, system, tools) once: replays and templates repeat.
@@ -57,8 +61,10 @@ def content_features(sample: pl.DataFrame, *, seed: int = 0, classifier=None
     labels = uniq.select("_k").with_columns(
         task=pred["task"], cot=pred["cot_score"].cast(pl.Float64),
         sensitive=pred["sensitive_score"].cast(pl.Float64))
+    note(f"classified {uniq.height:,} distinct prompts")
     sample = sample.join(labels, on="_k", how="left").drop("_k")
     sample = sample.with_columns(template_id=mine_templates(sample, text_col="prompt", seed=seed))
+    note("templates mined")
     shares = (sample.group_by("account_id").agg(
         [(pl.col("task") == t).mean().alias(f"share_{t}") for t in TASKS]
         + [pl.col("cot").gt(0.5).mean().alias("cot_share"),

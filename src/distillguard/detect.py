@@ -102,13 +102,15 @@ def build_features(log: Log, signals: SignalSet, *, max_prompts: int = 64, seed:
         feats = account_features(log.events, log.accounts, log.releases)
     with stage("content", f"classifying and template-mining ≤ {max_prompts} prompts/account"):
         sample = sample_prompts(log.events, max_prompts=max_prompts, seed=seed)
-        content, sample = content_features(sample, seed=seed)
+        prof.note(f"sampled {sample.height:,} prompts")
+        content, sample = content_features(sample, seed=seed, note=prof.note)
         feats = feats.join(content, on="account_id", how="left")
     with stage("link", "linking accounts by shared rare attributes"):
         cfg = signals.link
         seen = log.accounts.join(feats.select("account_id"), on="account_id", how="semi")
         inc = incidences(log.events, seen, sample.select("account_id", "ts", "template_id"),
                          cfg)
+        prof.note(f"{inc.height:,} incidences")
         edges = edges_from_incidences(inc, feats.height, cfg)
     with stage("cluster", "Leiden clusters and group features"):
         cl = signals.cluster
@@ -191,6 +193,8 @@ def detect(paths: list, *, accounts=None, releases=None, out: Path, skip_invalid
     allowed = read_allowlist(allowlist) if allowlist is not None else set()
     scorer = load_scorer(model_path, signals)
     out.mkdir(parents=True, exist_ok=True)
+    if prof.log_path is None:
+        prof.set_log(out / "profile.log")  # live: a killed run still shows where it was
     with prof.stage("read"):
         log = read_log(paths, accounts=accounts, releases=releases, skip_invalid=skip_invalid,
                        progress=progress, format=format, account_from=account_from,

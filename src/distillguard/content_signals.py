@@ -31,15 +31,45 @@ SAMPLE_COLUMNS = ("account_id", "ts", "prompt", "system", "tool_names", "model",
                   "tools_hash")
 
 
+def _sample_hash(seed: int) -> pl.Expr:
+    return pl.concat_str([pl.col("account_id"), pl.col("ts").cast(pl.String),
+                          pl.col("prompt").str.slice(0, 64)], ignore_nulls=True).hash(seed=seed)
+
+
 def sample_prompts(events: pl.LazyFrame, *, max_prompts: int = 200, seed: int = 0
                    ) -> pl.DataFrame:
-    """At most ``max_prompts`` events per account, chosen by a seeded hash (deterministic)."""
-    e = events.select(*SAMPLE_COLUMNS).with_columns(
-        _h=pl.concat_str([pl.col("account_id"), pl.col("ts").cast(pl.String),
-                          pl.col("prompt").str.slice(0, 64)], ignore_nulls=True)
-        .hash(seed=seed))
-    return (e.filter(pl.col("_h").rank("ordinal").over("account_id") <= max_prompts)
-            .drop("_h").collect(engine="streaming").sort("account_id", "ts"))
+    """At most ``max_prompts`` events per account, chosen by a seeded hash (deterministic).
+
+    Two streaming passes keep memory at a few bytes per event: the first reads only the
+    account id and the hash key (the prompt's first 64 characters) and ranks each account's
+    rows by hash; the second reads the text columns of the kept rows only. ``prompt`` comes
+    (and ``system``) come back as ``Categorical``: samples repeat prompts (replays, templates)
+    many times over, so each distinct text is held once.
+    """
+    keys = (events.with_row_index("_r").select("_r", "account_id", _h=_sample_hash(seed))
+            .collect(engine="streaming"))
+    keep = keys.filter(pl.col("_h").rank("ordinal").over("account_id") <= max_prompts)["_r"]
+    del keys
+    return (events.with_row_index("_r").filter(pl.col("_r").is_in(keep))
+            .select(*SAMPLE_COLUMNS)
+            .with_columns(pl.col("prompt").cast(pl.Categorical),
+                          pl.col("system").cast(pl.Categorical))
+            .collect(engine="streaming").sort("account_id", "ts", maintain_order=True))
+
+
+def _templates(prompt: pl.Series, seed: int) -> pl.Series:
+    """:func:`mine_templates` ids per row, mined over the distinct prompts only.
+
+    Distinct prompts are taken in order of first occurrence, so the smallest distinct index
+    of a template maps to its smallest row: the ids equal ``mine_templates`` over all rows.
+    """
+    dist = (prompt.to_frame("p").with_row_index("row").group_by("p")
+            .agg(first=pl.col("row").min()).sort("first"))
+    tid = mine_templates(dist.select(pl.col("p").cast(pl.String)), text_col="p", seed=seed)
+    first = dist["first"].cast(pl.Int64)
+    ids = dist.select("p", template_id=first.gather(tid))
+    return (prompt.to_frame("p").join(ids, on="p", how="left", maintain_order="left",
+                                      nulls_equal=True)["template_id"])
 
 
 def content_features(sample: pl.DataFrame, *, seed: int = 0, classifier=None, note=None
@@ -56,14 +86,16 @@ def content_features(sample: pl.DataFrame, *, seed: int = 0, classifier=None, no
     # cost ~6 GiB at 16M exchanges.
     key = ["prompt", "system", "tool_names"]
     sample = sample.with_columns(_k=pl.struct(key).hash(seed=0))
-    uniq = sample.filter(pl.col("_k").is_first_distinct()).select("_k", *key)
-    pred = predict_tasks(uniq.with_columns(pl.col("prompt").fill_null("")), classifier)
+    uniq = (sample.filter(pl.col("_k").is_first_distinct()).select("_k", *key)
+            .with_columns(pl.col("prompt").cast(pl.String).fill_null(""),
+                          pl.col("system").cast(pl.String)))
+    pred = predict_tasks(uniq, classifier)
     labels = uniq.select("_k").with_columns(
         task=pred["task"], cot=pred["cot_score"].cast(pl.Float64),
         sensitive=pred["sensitive_score"].cast(pl.Float64))
     note(f"classified {uniq.height:,} distinct prompts")
     sample = sample.join(labels, on="_k", how="left").drop("_k")
-    sample = sample.with_columns(template_id=mine_templates(sample, text_col="prompt", seed=seed))
+    sample = sample.with_columns(template_id=_templates(sample["prompt"], seed))
     note("templates mined")
     shares = (sample.group_by("account_id").agg(
         [(pl.col("task") == t).mean().alias(f"share_{t}") for t in TASKS]

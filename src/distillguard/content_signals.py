@@ -36,16 +36,22 @@ def _sample_hash(seed: int) -> pl.Expr:
                           pl.col("prompt").str.slice(0, 64)], ignore_nulls=True).hash(seed=seed)
 
 
-def sample_prompts(events: pl.LazyFrame, *, max_prompts: int = 200, seed: int = 0
-                   ) -> pl.DataFrame:
+def sample_prompts(events: pl.LazyFrame | list[pl.LazyFrame], *, max_prompts: int = 200,
+                   seed: int = 0) -> pl.DataFrame:
     """At most ``max_prompts`` events per account, chosen by a seeded hash (deterministic).
 
     Two streaming passes keep memory at a few bytes per event: the first reads only the
     account id and the hash key (the prompt's first 64 characters) and ranks each account's
     rows by hash; the second reads the text columns of the kept rows only. ``prompt`` comes
     (and ``system``) come back as ``Categorical``: samples repeat prompts (replays, templates)
-    many times over, so each distinct text is held once.
+    many times over, so each distinct text is held once. ``events`` may be a list of
+    account partitions (``Log.parts``), sampled one at a time.
     """
+    if isinstance(events, list):
+        if len(events) > 1:
+            return pl.concat([sample_prompts(e, max_prompts=max_prompts, seed=seed)
+                              for e in events]).sort("account_id", "ts", maintain_order=True)
+        events = events[0]
     keys = (events.with_row_index("_r").select("_r", "account_id", _h=_sample_hash(seed))
             .collect(engine="streaming"))
     keep = keys.filter(pl.col("_h").rank("ordinal").over("account_id") <= max_prompts)["_r"]

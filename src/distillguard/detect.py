@@ -26,7 +26,7 @@ from .errors import ConfigError
 from .fingerprint import account_features
 from .link import edges_from_incidences, incidences
 from .profile import StageProfiler
-from .read import Log, read_log
+from .read import Log, auto_partitions, read_log
 from .score import Scorer
 from .signals import SignalSet, load_signals
 
@@ -99,16 +99,16 @@ def build_features(log: Log, signals: SignalSet, *, max_prompts: int = 64, seed:
     prof = profiler if profiler is not None else StageProfiler()
     stage = _Stages(prof, progress)
     with stage("fingerprint", "per-account behavioural features"):
-        feats = account_features(log.events, log.accounts, log.releases)
+        feats = account_features(log.parts, log.accounts, log.releases)
     with stage("content", f"classifying and template-mining ≤ {max_prompts} prompts/account"):
-        sample = sample_prompts(log.events, max_prompts=max_prompts, seed=seed)
+        sample = sample_prompts(log.parts, max_prompts=max_prompts, seed=seed)
         prof.note(f"sampled {sample.height:,} prompts")
         content, sample = content_features(sample, seed=seed, note=prof.note)
         feats = feats.join(content, on="account_id", how="left")
     with stage("link", "linking accounts by shared rare attributes"):
         cfg = signals.link
         seen = log.accounts.join(feats.select("account_id"), on="account_id", how="semi")
-        inc = incidences(log.events, seen, sample.select("account_id", "ts", "template_id"),
+        inc = incidences(log.parts, seen, sample.select("account_id", "ts", "template_id"),
                          cfg)
         prof.note(f"{inc.height:,} incidences")
         edges = edges_from_incidences(inc, feats.height, cfg)
@@ -173,7 +173,8 @@ def detect(paths: list, *, accounts=None, releases=None, out: Path, skip_invalid
            max_prompts: int = 64, progress: bool = False, seed: int = 0,
            format: str = "auto", account_from: str | None = None,
            ts_from: str | None = None, allowlist: Path | None = None,
-           profiler: StageProfiler | None = None) -> DetectResult:
+           profiler: StageProfiler | None = None, partitions: int | None = None
+           ) -> DetectResult:
     """Run the batch pipeline and write accounts.csv, clusters.json and report.html.
 
     ``format`` / ``account_from`` / ``ts_from`` select and complete the input format (see
@@ -181,6 +182,8 @@ def detect(paths: list, *, accounts=None, releases=None, out: Path, skip_invalid
     ``allowlist``: CSV with an ``account_id`` column — customers with written permission to
     generate training data; they keep their score but get verdict ``benign`` and the reason
     ``allowlisted``. ``profiler`` collects per-stage time and peak memory (``--profile``).
+    ``partitions``: account partitions of the per-account stages (None: about one per 2M
+    events, :func:`~distillguard.read.auto_partitions`); results do not depend on it.
     """
     from .explain import render_report
     from .outputs import build_clusters_json, write_accounts_csv
@@ -196,9 +199,12 @@ def detect(paths: list, *, accounts=None, releases=None, out: Path, skip_invalid
     if prof.log_path is None:
         prof.set_log(out / "profile.log")  # live: a killed run still shows where it was
     with prof.stage("read"):
+        if partitions is None:
+            partitions = auto_partitions(paths, format=format)
+        prof.note(f"{partitions} account partition(s)")
         log = read_log(paths, accounts=accounts, releases=releases, skip_invalid=skip_invalid,
                        progress=progress, format=format, account_from=account_from,
-                       ts_from=ts_from)
+                       ts_from=ts_from, partitions=partitions)
     with log:
         f = build_features(log, signals, max_prompts=max_prompts, seed=seed, profiler=prof,
                            progress=progress)

@@ -44,13 +44,7 @@ class LinkConfig:
     seed: int = 0
 
 
-def incidences(events: pl.LazyFrame, accounts: pl.DataFrame,
-               templates: pl.DataFrame | None, cfg: LinkConfig) -> pl.DataFrame:
-    """Distinct (account_id, kind, value) rows for every linking kind.
-
-    ``templates``: sampled events with ``account_id, ts, template_id`` (or None).
-    """
-    ev = events
+def _event_incidences(ev: pl.LazyFrame, cfg: LinkConfig) -> list[pl.LazyFrame]:
     parts: list[pl.LazyFrame] = []
 
     def _ev(kind: str, expr: pl.Expr) -> None:
@@ -65,6 +59,26 @@ def incidences(events: pl.LazyFrame, accounts: pl.DataFrame,
                                  pl.col("tls_fingerprint")], separator="|"))
     _ev("system_prompt", pl.col("system_hash"))
     _ev("tool_schema", pl.col("tools_hash"))
+    return parts
+
+
+def incidences(events: pl.LazyFrame | list[pl.LazyFrame], accounts: pl.DataFrame,
+               templates: pl.DataFrame | None, cfg: LinkConfig) -> pl.DataFrame:
+    """Distinct (account_id, kind, value) rows for every linking kind.
+
+    ``templates``: sampled events with ``account_id, ts, template_id`` (or None).
+    ``events`` may be a list of account partitions (``Log.parts``): their incidences are
+    collected one partition at a time (an account's values never span partitions).
+    """
+    if isinstance(events, list) and len(events) > 1:
+        parts: list[pl.LazyFrame] = []
+        for ev in events:
+            got = _event_incidences(ev, cfg)
+            if got:
+                parts.append(pl.concat([p.select(list(INCIDENCE_SCHEMA)) for p in got])
+                             .collect(engine="streaming").lazy())
+    else:
+        parts = _event_incidences(events[0] if isinstance(events, list) else events, cfg)
 
     acc = accounts.lazy()
 

@@ -1166,24 +1166,35 @@ def auto_partitions(paths, *, format: str = "auto", per_partition: int = PARTITI
     return max(1, math.ceil(rows / per_partition))
 
 
+_ARROW_NEW = pl.CompatLevel.newest()
+_NO_DICT = frozenset(("request_id", "response"))
+
+
 class _PartitionWriter:
     """Parquet cache writer: one file, or one file per account partition (rows buffered per
     partition to ``batch_rows`` so row groups stay large)."""
 
     def __init__(self, paths: list[Path], schema: pa.Schema, batch_rows: int) -> None:
         self.schema, self.batch_rows = schema, max(1, batch_rows)
-        self.writers = [pq.ParquetWriter(p, schema, compression="lz4") for p in paths]
+        # no dictionary for the all-distinct columns: trying one costs more than writing
+        dic = [c for c in schema.names if c not in _NO_DICT]
+        self.writers = [pq.ParquetWriter(p, schema, compression="lz4", use_dictionary=dic)
+                        for p in paths]
         self.pending: list[list[pl.DataFrame]] = [[] for _ in paths]
         self.rows = [0] * len(paths)
 
+    def _put(self, i: int, frame: pl.DataFrame) -> None:
+        # string views straight from polars: no copy into large_string arrays
+        self.writers[i].write_table(frame.to_arrow(compat_level=_ARROW_NEW).cast(self.schema))
+
     def _flush(self, i: int) -> None:
         if self.pending[i]:
-            self.writers[i].write_table(pl.concat(self.pending[i]).to_arrow().cast(self.schema))
+            self._put(i, pl.concat(self.pending[i]))
             self.pending[i], self.rows[i] = [], 0
 
     def write(self, frame: pl.DataFrame) -> None:
         if len(self.writers) == 1:
-            self.writers[0].write_table(frame.to_arrow().cast(self.schema))
+            self._put(0, frame)
             return
         part = frame.select(account_partition(pl.col("account_id"), len(self.writers)))
         for (i,), sub in frame.with_columns(_p=part.to_series()).partition_by(
@@ -1243,7 +1254,7 @@ def read_log(paths, *, accounts=None, releases=None, skip_invalid: bool = False,
     caches = ([cdir / "events.parquet"] if parts == 1
               else [cdir / f"events-p{i:03d}.parquet" for i in range(parts)])
     invalid = InvalidCounts()
-    arrow_schema = pl.DataFrame(schema=EVENT_SCHEMA).to_arrow().schema
+    arrow_schema = pl.DataFrame(schema=EVENT_SCHEMA).to_arrow(compat_level=_ARROW_NEW).schema
     acc_schema = {k: v for k, v in ACCOUNT_SCHEMA.items()}
     inline = pl.DataFrame(schema=acc_schema)
     pending: list[pl.DataFrame] = []

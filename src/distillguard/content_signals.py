@@ -37,30 +37,47 @@ def _sample_hash(seed: int) -> pl.Expr:
 
 
 def sample_prompts(events: pl.LazyFrame | list[pl.LazyFrame], *, max_prompts: int = 200,
-                   seed: int = 0) -> pl.DataFrame:
+                   seed: int = 0, keep_hash: bool = False) -> pl.DataFrame:
     """At most ``max_prompts`` events per account, chosen by a seeded hash (deterministic).
 
     Two streaming passes keep memory at a few bytes per event: the first reads only the
     account id and the hash key (the prompt's first 64 characters) and ranks each account's
-    rows by hash; the second reads the text columns of the kept rows only. ``prompt`` comes
-    (and ``system``) come back as ``Categorical``: samples repeat prompts (replays, templates)
+    rows by hash; the second reads the text columns of the kept rows only. ``prompt`` and
+    ``system`` come back as ``Categorical``: samples repeat prompts (replays, templates)
     many times over, so each distinct text is held once. ``events`` may be a list of
-    account partitions (``Log.parts``), sampled one at a time.
+    account partitions (``Log.parts``), sampled one at a time. ``keep_hash`` keeps the
+    sampling hash as ``_h`` (for :func:`merge_samples`).
     """
     if isinstance(events, list):
         if len(events) > 1:
-            return pl.concat([sample_prompts(e, max_prompts=max_prompts, seed=seed)
-                              for e in events]).sort("account_id", "ts", maintain_order=True)
+            return _sorted(pl.concat([sample_prompts(e, max_prompts=max_prompts, seed=seed,
+                                                     keep_hash=keep_hash) for e in events]))
         events = events[0]
     keys = (events.with_row_index("_r").select("_r", "account_id", _h=_sample_hash(seed))
             .collect(engine="streaming"))
-    keep = keys.filter(pl.col("_h").rank("ordinal").over("account_id") <= max_prompts)["_r"]
+    keep = keys.filter(pl.col("_h").rank("ordinal").over("account_id") <= max_prompts)
     del keys
-    return (events.with_row_index("_r").filter(pl.col("_r").is_in(keep))
-            .select(*SAMPLE_COLUMNS)
-            .with_columns(pl.col("prompt").cast(pl.Categorical),
-                          pl.col("system").cast(pl.Categorical))
-            .collect(engine="streaming").sort("account_id", "ts", maintain_order=True))
+    out = (events.with_row_index("_r").join(keep.lazy().select("_r", "_h"), on="_r",
+                                            how="inner", maintain_order="left")
+           .select(*SAMPLE_COLUMNS, "_h")
+           .with_columns(pl.col("prompt").cast(pl.Categorical),
+                         pl.col("system").cast(pl.Categorical))
+           .collect(engine="streaming"))
+    return _sorted(out if keep_hash else out.drop("_h"))
+
+
+def merge_samples(old: pl.DataFrame, new: pl.DataFrame, *, max_prompts: int) -> pl.DataFrame:
+    """The sample of two logs read one after the other, from their ``keep_hash`` samples.
+
+    Each sample holds an account's ``max_prompts`` smallest hashes (a bottom-k sketch), so the
+    smallest of their union are exactly those of both logs sampled together.
+    """
+    both = pl.concat([old, new], how="vertical_relaxed")
+    return _sorted(both.filter(pl.col("_h").rank("ordinal").over("account_id") <= max_prompts))
+
+
+def _sorted(sample: pl.DataFrame) -> pl.DataFrame:
+    return sample.sort("account_id", "ts", maintain_order=True)
 
 
 def _templates(prompt: pl.Series, seed: int) -> pl.Series:

@@ -21,7 +21,7 @@ from rich.console import Console
 
 from . import __version__
 from .cluster import cluster_features, leiden_clusters, neighbour_features
-from .content_signals import content_features, sample_prompts
+from .content_signals import content_features, merge_samples, sample_prompts
 from .errors import ConfigError
 from .fingerprint import account_features
 from .link import edges_from_incidences, incidences
@@ -29,6 +29,7 @@ from .profile import StageProfiler
 from .read import Log, auto_partitions, read_log
 from .score import Scorer
 from .signals import SignalSet, load_signals
+from .state import load_state, write_state
 
 
 @dataclass
@@ -40,6 +41,8 @@ class Features:
     clusters: pl.DataFrame          # one row per cluster
     edges: pl.DataFrame
     sample: pl.DataFrame            # sampled events with task / template ids
+    #: the prompt sample with its sampling hash ``_h`` (what ``--state`` keeps)
+    hashed_sample: pl.DataFrame | None = None
     timings: dict[str, float] = field(default_factory=dict)
 
 
@@ -94,14 +97,23 @@ class _Stages:
 
 
 def build_features(log: Log, signals: SignalSet, *, max_prompts: int = 64, seed: int = 0,
-                   profiler: StageProfiler | None = None, progress: bool = False) -> Features:
-    """Fingerprint, content, link and cluster stages over a read log."""
+                   profiler: StageProfiler | None = None, progress: bool = False,
+                   prior_sample: pl.DataFrame | None = None) -> Features:
+    """Fingerprint, content, link and cluster stages over a read log.
+
+    ``prior_sample``: the hashed prompt sample of earlier logs (``--state``), merged with
+    this log's (``log.new_parts``) as if all had been sampled together.
+    """
     prof = profiler if profiler is not None else StageProfiler()
     stage = _Stages(prof, progress)
     with stage("fingerprint", "per-account behavioural features"):
         feats = account_features(log.parts, log.accounts, log.releases)
     with stage("content", f"classifying and template-mining ≤ {max_prompts} prompts/account"):
-        sample = sample_prompts(log.parts, max_prompts=max_prompts, seed=seed)
+        hashed = sample_prompts(log.new_parts, max_prompts=max_prompts, seed=seed,
+                                keep_hash=True)
+        if prior_sample is not None:
+            hashed = merge_samples(prior_sample, hashed, max_prompts=max_prompts)
+        sample = hashed.drop("_h")
         prof.note(f"sampled {sample.height:,} prompts")
         content, sample = content_features(sample, seed=seed, note=prof.note)
         feats = feats.join(content, on="account_id", how="left")
@@ -123,7 +135,7 @@ def build_features(log: Log, signals: SignalSet, *, max_prompts: int = 64, seed:
         feats = attach_cluster_features(feats, membership, cfeats).join(nbr, on="account_id",
                                                                         how="left")
     return Features(accounts=feats, membership=membership, clusters=cfeats, edges=edges,
-                    sample=sample, timings=prof.timings())
+                    sample=sample, hashed_sample=hashed, timings=prof.timings())
 
 
 def attach_cluster_features(feats: pl.DataFrame, membership: pl.DataFrame,
@@ -173,8 +185,8 @@ def detect(paths: list, *, accounts=None, releases=None, out: Path, skip_invalid
            max_prompts: int = 64, progress: bool = False, seed: int = 0,
            format: str = "auto", account_from: str | None = None,
            ts_from: str | None = None, allowlist: Path | None = None,
-           profiler: StageProfiler | None = None, partitions: int | None = None
-           ) -> DetectResult:
+           profiler: StageProfiler | None = None, partitions: int | None = None,
+           state: Path | None = None) -> DetectResult:
     """Run the batch pipeline and write accounts.csv, clusters.json and report.html.
 
     ``format`` / ``account_from`` / ``ts_from`` select and complete the input format (see
@@ -184,6 +196,8 @@ def detect(paths: list, *, accounts=None, releases=None, out: Path, skip_invalid
     ``allowlisted``. ``profiler`` collects per-stage time and peak memory (``--profile``).
     ``partitions``: account partitions of the per-account stages (None: about one per 2M
     events, :func:`~distillguard.read.auto_partitions`); results do not depend on it.
+    ``state``: directory of the incremental state (:mod:`distillguard.state`): loaded when
+    present, so this log is detected together with all earlier ones, and rewritten after.
     """
     from .explain import render_report
     from .outputs import build_clusters_json, write_accounts_csv
@@ -202,12 +216,17 @@ def detect(paths: list, *, accounts=None, releases=None, out: Path, skip_invalid
         if partitions is None:
             partitions = auto_partitions(paths, format=format)
         prof.note(f"{partitions} account partition(s)")
+        history = (load_state(state, max_prompts=max_prompts, seed=seed)
+                   if state is not None else None)
+        if history is not None:
+            prof.note(f"state {state}: {history.n_events:,} earlier exchanges")
         log = read_log(paths, accounts=accounts, releases=releases, skip_invalid=skip_invalid,
                        progress=progress, format=format, account_from=account_from,
-                       ts_from=ts_from, partitions=partitions)
+                       ts_from=ts_from, partitions=partitions, history=history)
     with log:
         f = build_features(log, signals, max_prompts=max_prompts, seed=seed, profiler=prof,
-                           progress=progress)
+                           progress=progress,
+                           prior_sample=history.sample if history is not None else None)
         with stage("score", "scoring"):
             scored = scorer.run(f.accounts)
         acc = f.accounts.with_columns(
@@ -233,6 +252,12 @@ def detect(paths: list, *, accounts=None, releases=None, out: Path, skip_invalid
                            reasons=pl.lit("no_traffic")))
         invalid = log.invalid.as_dict()
         n_events = log.n_events
+        if state is not None:
+            with prof.stage("state"):
+                write_state(state, events=pl.concat(log.parts), sample=f.hashed_sample,
+                            inline_accounts=log.inline_accounts, first_seen=log.first_seen,
+                            n_events=n_events, invalid=invalid, max_prompts=max_prompts,
+                            seed=seed)
     # accounts in no cluster and accounts whose cluster is benign keep their own verdicts
     write_accounts_csv(pl.concat([acc.select(dormant.columns), dormant]), out / "accounts.csv")
     (out / "clusters.json").write_text(json.dumps(clusters, indent=1, default=str) + "\n")

@@ -1113,11 +1113,21 @@ class Log:
     cache_path: str | None = None
     #: one lazy scan per account partition (see ``read_log(partitions=)``); [events] if one
     parts: list[pl.LazyFrame] = field(default_factory=list)
+    #: this log's events only, per partition (== parts unless read with a history)
+    new_parts: list[pl.LazyFrame] = field(default_factory=list)
+    n_new_events: int | None = None
+    #: inline account fields and first model uses as read (before the tables), for the state
+    inline_accounts: pl.DataFrame | None = None
+    first_seen: pl.DataFrame | None = None
     _tmpdir: str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if not self.parts:
             self.parts = [self.events]
+        if not self.new_parts:
+            self.new_parts = self.parts
+        if self.n_new_events is None:
+            self.n_new_events = self.n_events
         if self._tmpdir is not None:
             self._finalizer = weakref.finalize(self, shutil.rmtree, self._tmpdir, True)
 
@@ -1227,7 +1237,7 @@ def _merge_accounts(acc: pl.DataFrame, new: pl.DataFrame) -> pl.DataFrame:
 def read_log(paths, *, accounts=None, releases=None, skip_invalid: bool = False,
              cache_dir=None, progress: bool = False, batch_rows: int = 100_000,
              format: str = "auto", account_from: str | None = None,
-             ts_from: str | None = None, partitions: int = 1) -> Log:
+             ts_from: str | None = None, partitions: int = 1, history=None) -> Log:
     """Read a traffic log (files/directories), an optional accounts table and releases CSV.
 
     Events are streamed in batches into ``<cache_dir>/events.parquet`` (or a temporary
@@ -1239,6 +1249,11 @@ def read_log(paths, *, accounts=None, releases=None, skip_invalid: bool = False,
     accounts with :func:`account_partition` ``== NNN``, each account's events in input order.
     ``Log.parts`` scans one partition each (per-account stages run partition by partition,
     with bounded memory); ``Log.events`` scans them all (partition order, then input order).
+
+    ``history``: a :class:`distillguard.state.State` of earlier logs (``detect --state``); its
+    events (text-free) come before this log's in every partition, its inline account fields
+    and first model uses are merged as if it had been read first. ``Log.new_parts`` then scan
+    this log's events only (what the prompt sample is drawn from).
     """
     files = expand_paths(paths, format=format)
     table = read_accounts(accounts) if accounts is not None else None
@@ -1285,6 +1300,19 @@ def read_log(paths, *, accounts=None, releases=None, skip_invalid: bool = False,
         raise
     if pending:
         inline = _merge_accounts(inline, pl.concat(pending))
+    new_parts = [pl.scan_parquet(c) for c in caches]
+    parts, n_new = new_parts, n_events
+    if history is not None:
+        inline = _merge_accounts(conform(history.inline_accounts, ACCOUNT_SCHEMA), inline)
+        first_seen = (pl.concat([history.first_seen.cast(RELEASE_SCHEMA), first_seen])
+                      .group_by("model").agg(pl.col("released_at").min()))
+        old = history.with_text()
+        k = len(new_parts)
+        parts = [pl.concat([old.filter(account_partition(pl.col("account_id"), k) == i)
+                            if k > 1 else old, c]) for i, c in enumerate(new_parts)]
+        n_events += history.n_events
+        for reason, n in history.invalid.items():
+            invalid.add(reason, n)
     if table is not None:
         merged = table.join(inline, on="account_id", how="full", coalesce=True, suffix="_inline",
                             maintain_order="left_right")
@@ -1299,10 +1327,13 @@ def read_log(paths, *, accounts=None, releases=None, skip_invalid: bool = False,
         acc_out = conform(inline, ACCOUNT_SCHEMA)
     releases_out = rel if rel is not None else conform(first_seen.sort("released_at", "model"),
                                                        RELEASE_SCHEMA)
-    return Log(events=pl.scan_parquet(caches), accounts=acc_out, releases=releases_out,
-               invalid=invalid, n_events=n_events, files=[str(f) for f in files],
-               cache_path=str(caches[0]) if parts == 1 else str(cdir),
-               parts=[pl.scan_parquet(c) for c in caches], _tmpdir=tmpdir)
+    return Log(events=pl.concat(parts) if len(parts) > 1 else parts[0], accounts=acc_out,
+               releases=releases_out, invalid=invalid, n_events=n_events,
+               files=[str(f) for f in files],
+               cache_path=str(caches[0]) if len(caches) == 1 else str(cdir),
+               parts=parts, new_parts=new_parts, n_new_events=n_new,
+               inline_accounts=conform(inline, ACCOUNT_SCHEMA),
+               first_seen=conform(first_seen, RELEASE_SCHEMA), _tmpdir=tmpdir)
 
 
 # --------------------------------------------------------------------------------------------

@@ -275,6 +275,8 @@ def detect(paths: list, *, accounts=None, releases=None, out: Path, skip_invalid
         "thresholds": scorer.thresholds,
         "runtime_s": round(runtime, 2),
         "timings": {k: round(v, 2) for k, v in prof.timings().items()},
+        # largest per-stage peak: the process's own peak mark is reset at each stage start
+        "peak_rss_gib": round(prof.max_peak() / 2**30, 3) if prof.enabled else None,
     }
     (out / "run.json").write_text(json.dumps(meta, indent=1) + "\n")
     with prof.stage("report"):

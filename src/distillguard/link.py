@@ -226,7 +226,11 @@ def edges_from_incidences(inc: pl.DataFrame, n_accounts: int, cfg: LinkConfig) -
     p = e["p"].to_numpy()
     out = pl.DataFrame({"src": ids.gather(p >> 32), "dst": ids.gather(p & 0xFFFFFFFF),
                         "weight": e["weight"], "m": e["m"]})
-    kinds_l = pl.concat_list([pl.when((pl.col("m") // (1 << b)) % 2 == 1).then(pl.lit(kd))
-                              for b, kd in enumerate(kinds)]).list.drop_nulls()
-    return (out.with_columns(kinds=kinds_l).with_columns(n_kinds=pl.col("kinds").list.len())
+    # kind lists decoded once per distinct bit mask (few), then joined on the mask
+    masks = out.select(pl.col("m").unique())["m"].to_list()
+    kinds_of = pl.DataFrame({"m": masks, "kinds": [[kd for b, kd in enumerate(kinds)
+                                                    if (mk >> b) & 1] for mk in masks]},
+                            schema={"m": out.schema["m"], "kinds": pl.List(pl.String)})
+    return (out.join(kinds_of, on="m", how="left")
+            .with_columns(n_kinds=pl.col("kinds").list.len())
             .select(list(schema)).sort("src", "dst").cast(schema))

@@ -1176,7 +1176,6 @@ def auto_partitions(paths, *, format: str = "auto", per_partition: int = PARTITI
     return max(1, math.ceil(rows / per_partition))
 
 
-_ARROW_NEW = pl.CompatLevel.newest()
 _NO_DICT = frozenset(("request_id", "response"))
 
 
@@ -1194,8 +1193,9 @@ class _PartitionWriter:
         self.rows = [0] * len(paths)
 
     def _put(self, i: int, frame: pl.DataFrame) -> None:
-        # string views straight from polars: no copy into large_string arrays
-        self.writers[i].write_table(frame.to_arrow(compat_level=_ARROW_NEW).cast(self.schema))
+        # (string views, compat_level=newest, would save a copy but polars 1.44 exported an
+        # invalid list<string_view> for a concatenated tool_names column at 16M)
+        self.writers[i].write_table(frame.to_arrow().cast(self.schema))
 
     def _flush(self, i: int) -> None:
         if self.pending[i]:
@@ -1269,7 +1269,7 @@ def read_log(paths, *, accounts=None, releases=None, skip_invalid: bool = False,
     caches = ([cdir / "events.parquet"] if parts == 1
               else [cdir / f"events-p{i:03d}.parquet" for i in range(parts)])
     invalid = InvalidCounts()
-    arrow_schema = pl.DataFrame(schema=EVENT_SCHEMA).to_arrow(compat_level=_ARROW_NEW).schema
+    arrow_schema = pl.DataFrame(schema=EVENT_SCHEMA).to_arrow().schema
     acc_schema = {k: v for k, v in ACCOUNT_SCHEMA.items()}
     inline = pl.DataFrame(schema=acc_schema)
     pending: list[pl.DataFrame] = []

@@ -145,3 +145,105 @@ def test_scorer_rejects_a_model_for_other_signals(tmp_path):
     path.write_text("{not json")
     with pytest.raises(ConfigError, match="not a model file"):
         Scorer.load(path)
+
+
+def test_lift_solo_needs_a_rare_address_shared_with_a_flagged_account():
+    from distillguard.link import rare_values
+    from distillguard.score import ScoredAccounts, lift_solo
+    from distillguard.signals import SoloLift
+
+    # solo accounts with an attack-level score: "lone" shares a proxy IP with a flagged
+    # account, "crowd" only a CGNAT address held by 40 accounts, "quiet" shares its IP with
+    # an unflagged account; "flag" is suspicious itself (first pass)
+    ids = ["lone", "crowd", "quiet", "flag", "calm"] + [f"m{i}" for i in range(39)]
+    inc = pl.DataFrame({
+        "account_id": ["lone", "flag", "quiet", "calm", "crowd"] + [f"m{i}" for i in range(39)],
+        "kind": ["ip"] * 44,
+        "value": ["198.51.100.7", "198.51.100.7", "203.0.113.9", "203.0.113.9"]
+        + ["100.64.0.1"] * 40})
+    feats = pl.DataFrame({"account_id": ids})
+    scorer = Scorer(signals=load_signals())  # rules mode: attack >= 0.8, suspicious >= 0.5
+    score = np.array([0.95, 0.95, 0.95, 0.6, 0.1] + [0.1] * 39)
+    verdict = np.array(["suspicious"] * 4 + ["benign"] * 40)  # the first three were capped
+    scored = ScoredAccounts(score=score, verdict=verdict, reasons=["single_turn"] * 44)
+    lift = SoloLift(kinds=("ip",), max_holders=30, min_flagged_peers=1)
+    rare = rare_values(inc, lift.kinds, lift.max_holders)
+    assert "100.64.0.1" not in rare["value"].to_list()
+    out = lift_solo(scorer, scored, feats, rare, lift)
+    got = dict(zip(ids, out.verdict))
+    assert got["lone"] == "attack"
+    assert got["crowd"] == "suspicious" and got["quiet"] == "suspicious"
+    assert got["flag"] == "suspicious"  # below the attack threshold: never lifted
+    assert out.reasons[0] == "rare_ip_shared_with_flagged_accounts;single_turn"
+    assert out.reasons[1] == "single_turn"
+    np.testing.assert_array_equal(out.score, score)
+    # two flagged peers required: nobody is lifted
+    out2 = lift_solo(scorer, scored, feats, rare, SoloLift(kinds=("ip",), min_flagged_peers=2))
+    assert list(out2.verdict) == list(verdict)
+    # no lift configured: unchanged
+    assert lift_solo(scorer, scored, feats, rare, None) is scored
+
+
+def test_solo_lift_config_errors_name_the_file(tmp_path):
+    bad = tmp_path / "s.yaml"
+    bad.write_text("version: 1\nthresholds: {attack: 0.8, suspicious: 0.5}\n"
+                   "link: {kind_weights: {ip: 1.0}}\nsolo_lift:\n  kinds: [ipp]\n")
+    with pytest.raises(ConfigError, match=r"s.yaml:5: solo_lift: kinds must be link kinds"):
+        load_signals(bad)
+    assert load_signals().solo_lift.kinds == ("ip", "ip_prefix")
+
+
+def test_merge_clusters_joins_fragments_that_share_a_proxy_pool():
+    from distillguard.cluster import merge_clusters
+
+    # fragments C1..C3 of one campaign draw their IPs from one pool of 12 proxies; C4 is a
+    # separate campaign with its own pool and one proxy in common; C5 a benign office
+    pool = [f"198.51.100.{i}" for i in range(12)]
+    rows, memb = [], []
+    for c, (lo, hi) in {"C1": (0, 8), "C2": (2, 10), "C3": (4, 12)}.items():
+        for m in range(4):
+            a = f"{c}-{m}"
+            memb.append((a, c))
+            rows += [(a, "ip", pool[lo + (m + j) % (hi - lo)]) for j in range(4)]
+    other = [f"203.0.113.{i}" for i in range(8)] + [pool[0]]
+    for m in range(4):
+        memb.append((f"C4-{m}", "C4"))
+        rows += [(f"C4-{m}", "ip", other[(m + j) % 9]) for j in range(4)]
+        memb.append((f"C5-{m}", "C5"))
+        rows += [(f"C5-{m}", "ip", "192.0.2.1"), (f"C5-{m}", "payment", f"card{m}")]
+    rows += [(f"x{i}", "ip", f"10.0.{i}.1") for i in range(200)]  # unclustered population
+    inc = pl.DataFrame(rows, schema=["account_id", "kind", "value"], orient="row")
+    membership = pl.DataFrame(memb, schema=["account_id", "cluster_id"], orient="row")
+    out = merge_clusters(membership, inc, kinds=["ip", "payment"], min_jaccard=0.2, min_size=4)
+    groups = {frozenset(g) for g in out.group_by("cluster_id").agg("account_id")["account_id"]
+              .to_list()}
+    frag = frozenset(a for a, c in memb if c in ("C1", "C2", "C3"))
+    assert frag in groups
+    assert frozenset(f"C4-{m}" for m in range(4)) in groups
+    assert frozenset(f"C5-{m}" for m in range(4)) in groups
+    assert out.filter(pl.col("account_id") == "C1-0")["cluster_id"].item() == "C0001"
+    assert out.height == membership.height
+    # a stricter bar keeps the fragments apart; no kinds: unchanged
+    assert out.height == merge_clusters(membership, inc, kinds=["ip"], min_jaccard=0.9).height
+    assert merge_clusters(membership, inc, kinds=["ip"], min_jaccard=0.9, min_size=4)[
+        "cluster_id"].n_unique() == 5
+    # clusters below min_size are never fragments
+    assert merge_clusters(membership, inc, kinds=["ip"], min_jaccard=0.2, min_size=5)[
+        "cluster_id"].n_unique() == 5
+    assert merge_clusters(membership, inc, kinds=[], min_jaccard=0.2).equals(membership)
+
+
+def test_calibrate_refits_thresholds_on_fresh_accounts_only():
+    f, y = _feature_frame(seed=0)
+    s = Scorer(target_fpr=0.001).fit(f, y)
+    coef = s.coef_.copy()
+    fc, yc = _feature_frame(n=6000, seed=7)
+    t_in = s.threshold_attack_
+    s.calibrate(fc, yc)
+    np.testing.assert_array_equal(s.coef_, coef)
+    v = s.cap_solo(s.decide(s.score(fc)), fc)
+    assert ((v == "attack") & (yc == 0)).sum() <= 0.001 * (yc == 0).sum()
+    assert s.threshold_attack_ != t_in
+    assert s.to_dict()["n_calibration"] == 6000
+    with pytest.raises(ConfigError, match="not fitted"):
+        Scorer().calibrate(fc, yc)

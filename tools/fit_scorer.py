@@ -1,8 +1,10 @@
 """Fit the shipped scorer model from simulator data (reproducible; no pickle).
 
-Simulates the TRAIN seeds of the training scenarios, runs the same feature path as
+Simulates the TRAIN seeds of the training scenario, runs the same feature path as
 ``distillguard detect`` (detect.build_features), fits :class:`distillguard.score.Scorer`
-(logistic weights over the signals of signals.yaml, thresholds for ≤ 0.1 % benign FPR) and
+(logistic weights over the signals of signals.yaml), then fits the verdict thresholds for
+≤ 0.1 % benign FPR on the CALIBRATION seeds (fresh simulations of the same scenario that the
+weights never saw: thresholds fitted on the training accounts themselves are optimistic) and
 writes ``src/distillguard/data/models/scorer-v1.json``. Held-out seeds and scenario variants
 (bench/quality.py) are never used here.
 
@@ -26,6 +28,7 @@ from distillguard.simulate import simulate
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN = [("demo", 1.0, s) for s in (1, 2, 3)]
+CALIBRATION = [("demo", 1.0, s) for s in (4, 5, 6)]
 
 
 def features_for(scenario: str, scale: float, seed: int, work: Path, signals):
@@ -69,6 +72,9 @@ def main() -> None:
     y = (acc["label"] == "attack").to_numpy().astype(int)
     w = segment_weights(acc) if args.weighting == "segment" else None
     scorer = Scorer(signals=signals, C=args.C).fit(acc, y, sample_weight=w)
+    cal = pl.concat([features_for(sc, scale, seed, work, signals)
+                     for sc, scale, seed in CALIBRATION], how="diagonal_relaxed")
+    scorer.calibrate(cal, (cal["label"] == "attack").to_numpy().astype(int))
     s = scorer.score(acc)
     v = scorer.decide(s)
     tp = int(((v == "attack") & (y == 1)).sum())
@@ -79,8 +85,10 @@ def main() -> None:
           f"suspicious {scorer.threshold_suspicious_:.4f}")
     for i, c in sorted(zip(signals.ids, scorer.coef_), key=lambda t: -abs(t[1])):
         print(f"  {i:28s} {c:+.3f}")
-    scorer.save(args.out, trained_on={"scenarios": [f"{a}:scale={b}:seed={c}" for a, b, c in TRAIN],
-                                      "script": "tools/fit_scorer.py"})
+    scorer.save(args.out, trained_on={
+        "scenarios": [f"{a}:scale={b}:seed={c}" for a, b, c in TRAIN],
+        "calibration": [f"{a}:scale={b}:seed={c}" for a, b, c in CALIBRATION],
+        "script": "tools/fit_scorer.py"})
     print(f"wrote {args.out}")
 
 

@@ -1,7 +1,9 @@
 """Stage 4 — cluster: communities of the account graph, and features of each community.
 
-Leiden (igraph's ``community_leiden``, modularity objective, weighted) over the edges of
-:mod:`distillguard.link`. Communities smaller than ``min_size`` are not clusters. Cluster ids
+Leiden (igraph's ``community_leiden``, CPM or modularity objective, weighted) over the edges of
+:mod:`distillguard.link`. Communities smaller than ``min_size`` are not clusters; clusters
+drawing on the same pool of rare proxies / payment instruments are then joined
+(:func:`merge_clusters`), since CPM fragments large campaigns. Cluster ids
 are deterministic: ``C0001`` is the largest community (ties broken by smallest member id).
 
 :func:`cluster_features` aggregates member features into one row per cluster (size, volume,
@@ -44,8 +46,13 @@ def leiden_clusters(edges: pl.DataFrame, *, min_size: int = 3, resolution: float
                                   resolution=resolution, n_iterations=-1)
     finally:
         random.setstate(state)
-    memb = np.asarray(part.membership)
-    df = pl.DataFrame({"account_id": nodes, "community": memb})
+    return _numbered(pl.DataFrame({"account_id": nodes,
+                                   "community": np.asarray(part.membership)}), min_size)
+
+
+def _numbered(df: pl.DataFrame, min_size: int) -> pl.DataFrame:
+    """``account_id, community`` → membership with ids ``C0001`` (largest first; ties by
+    smallest member id), communities smaller than ``min_size`` dropped."""
     sizes = (df.group_by("community").agg(size=pl.len(), first=pl.col("account_id").min())
              .filter(pl.col("size") >= min_size)
              .sort(["size", "first"], descending=[True, False])
@@ -54,6 +61,55 @@ def leiden_clusters(edges: pl.DataFrame, *, min_size: int = 3, resolution: float
                                                 .str.zfill(4))))
     return (df.join(sizes.select("community", "cluster_id"), on="community")
             .select("account_id", "cluster_id").sort("account_id"))
+
+
+def merge_clusters(membership: pl.DataFrame, inc: pl.DataFrame, *, kinds: list[str],
+                   min_jaccard: float, min_size: int = 10,
+                   max_share: float = 0.05) -> pl.DataFrame:
+    """Join clusters whose members draw on the same pool of rare values.
+
+    CPM keeps communities denser than its resolution, so a campaign of thousands of accounts,
+    linked as ring lattices (``link.edges_from_incidences``), comes out as many fragments:
+    the density of any community falls as the campaign grows. Its fragments still use one
+    pool of proxies and payment instruments, so two clusters whose sets of rare ``kinds``
+    values (held by ≥ 2 and ≤ ``max_share`` of the accounts) have Jaccard similarity of at
+    least ``min_jaccard`` are the same group (transitively). Only clusters of at least
+    ``min_size`` accounts take part: CPM fragments only big groups, while small groups that
+    happen to share a residential address must stay apart. Linear in the incidences of
+    clustered accounts plus the value–cluster pairs. Cluster ids are renumbered by size as
+    in :func:`leiden_clusters`.
+    """
+    if membership.is_empty() or inc.is_empty() or not kinds:
+        return membership
+    n_acc = max(inc["account_id"].n_unique(), 3)
+    big = membership.filter(pl.len().over("cluster_id") >= min_size)
+    cv = (inc.filter(pl.col("kind").is_in(kinds))
+          .with_columns(k=pl.len().over("kind", "value"))
+          .filter((pl.col("k") >= 2) & (pl.col("k") <= max(2, int(max_share * n_acc))))
+          .join(big, on="account_id")
+          .select("cluster_id", "kind", "value").unique())
+    if cv.is_empty():
+        return membership
+    nv = cv.group_by("cluster_id").agg(nv=pl.len())
+    pairs = (cv.join(cv, on=["kind", "value"])
+             .filter(pl.col("cluster_id") < pl.col("cluster_id_right"))
+             .group_by("cluster_id", "cluster_id_right").agg(inter=pl.len())
+             .join(nv, on="cluster_id")
+             .join(nv.rename({"cluster_id": "cluster_id_right", "nv": "nv_right"}),
+                   on="cluster_id_right")
+             .filter(pl.col("inter") >= min_jaccard
+                     * (pl.col("nv") + pl.col("nv_right") - pl.col("inter"))))
+    if pairs.is_empty():
+        return membership
+    ids = membership["cluster_id"].unique().sort()
+    code = {c: i for i, c in enumerate(ids.to_list())}
+    g = ig.Graph(n=len(ids), edges=list(zip(pairs["cluster_id"].replace_strict(code).to_list(),
+                                            pairs["cluster_id_right"].replace_strict(code)
+                                            .to_list())))
+    group = np.asarray(g.connected_components().membership)
+    first = membership["cluster_id"].replace_strict(code, return_dtype=pl.Int64).to_numpy()
+    return _numbered(pl.DataFrame({"account_id": membership["account_id"],
+                                   "community": group[first]}), 1)
 
 
 NEIGHBOUR_FEATURES = ("valuable_share", "cot_share", "single_turn_share",

@@ -20,14 +20,14 @@ import polars as pl
 from rich.console import Console
 
 from . import __version__
-from .cluster import cluster_features, leiden_clusters, neighbour_features
+from .cluster import cluster_features, leiden_clusters, merge_clusters, neighbour_features
 from .content_signals import content_features, merge_samples, sample_prompts
 from .errors import ConfigError
 from .fingerprint import account_features
-from .link import edges_from_incidences, incidences
+from .link import edges_from_incidences, incidences, rare_values
 from .profile import StageProfiler
 from .read import Log, auto_partitions, read_log
-from .score import Scorer
+from .score import Scorer, lift_solo
 from .signals import SignalSet, load_signals
 from .state import load_state, write_state
 
@@ -44,6 +44,7 @@ class Features:
     #: the prompt sample with its sampling hash ``_h`` (what ``--state`` keeps)
     hashed_sample: pl.DataFrame | None = None
     timings: dict[str, float] = field(default_factory=dict)
+    rare: pl.DataFrame | None = None  # rare network values (for score.lift_solo)
 
 
 @dataclass
@@ -124,18 +125,26 @@ def build_features(log: Log, signals: SignalSet, *, max_prompts: int = 64, seed:
                          cfg)
         prof.note(f"{inc.height:,} incidences")
         edges = edges_from_incidences(inc, feats.height, cfg)
+        lift = signals.solo_lift
+        rare = rare_values(inc, lift.kinds, lift.max_holders) if lift is not None else None
     with stage("cluster", "Leiden clusters and group features"):
         cl = signals.cluster
         membership = leiden_clusters(edges, min_size=int(cl.get("min_size", 3)),
                                      resolution=float(cl.get("resolution", 1.0)),
                                      objective=str(cl.get("objective", "modularity")),
                                      seed=seed)
+        if cl.get("merge"):
+            membership = merge_clusters(membership, inc, kinds=list(cl["merge"]["kinds"]),
+                                        min_jaccard=float(cl["merge"]["min_jaccard"]),
+                                        min_size=int(cl["merge"].get("min_size", 10)),
+                                        max_share=cfg.max_share)
+        del inc
         cfeats = cluster_features(feats, membership, edges, sample)
         nbr = neighbour_features(feats, edges)
         feats = attach_cluster_features(feats, membership, cfeats).join(nbr, on="account_id",
                                                                         how="left")
     return Features(accounts=feats, membership=membership, clusters=cfeats, edges=edges,
-                    sample=sample, hashed_sample=hashed, timings=prof.timings())
+                    sample=sample, hashed_sample=hashed, timings=prof.timings(), rare=rare)
 
 
 def attach_cluster_features(feats: pl.DataFrame, membership: pl.DataFrame,
@@ -228,7 +237,8 @@ def detect(paths: list, *, accounts=None, releases=None, out: Path, skip_invalid
                            progress=progress,
                            prior_sample=history.sample if history is not None else None)
         with stage("score", "scoring"):
-            scored = scorer.run(f.accounts)
+            scored = lift_solo(scorer, scorer.run(f.accounts), f.accounts, f.rare,
+                               signals.solo_lift)
         acc = f.accounts.with_columns(
             score=pl.Series(np.round(scored.score, 6)),
             verdict=pl.Series(scored.verdict, dtype=pl.String),

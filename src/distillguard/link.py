@@ -234,3 +234,33 @@ def edges_from_incidences(inc: pl.DataFrame, n_accounts: int, cfg: LinkConfig) -
     return (out.join(kinds_of, on="m", how="left")
             .with_columns(n_kinds=pl.col("kinds").list.len())
             .select(list(schema)).sort("src", "dst").cast(schema))
+
+
+def rare_values(inc: pl.DataFrame, kinds: tuple[str, ...] | list[str],
+                max_holders: int) -> pl.DataFrame:
+    """Incidences of ``kinds`` whose value is held by 2..``max_holders`` accounts.
+
+    Small (rare values only); kept after linking so that a later pass can ask which
+    accounts share such a value (see ``score.lift_solo``) without re-reading the events.
+    """
+    if inc.is_empty():
+        return inc.select("account_id", "kind", "value")
+    return (inc.filter(pl.col("kind").is_in(list(kinds)))
+            .with_columns(k=pl.len().over("kind", "value"))
+            .filter((pl.col("k") >= 2) & (pl.col("k") <= max_holders))
+            .select("account_id", "kind", "value"))
+
+
+def peers_among(rare: pl.DataFrame, accounts: pl.Series | list[str],
+                among: pl.Series | list[str]) -> pl.DataFrame:
+    """For each of ``accounts``: how many other accounts of ``among`` share a rare value.
+
+    Returns ``account_id, peers`` for the accounts with at least one such peer.
+    """
+    left = rare.filter(pl.col("account_id").is_in(pl.Series(accounts, dtype=pl.String)
+                                                  .implode()))
+    right = rare.filter(pl.col("account_id").is_in(pl.Series(among, dtype=pl.String)
+                                                   .implode())).rename({"account_id": "peer"})
+    return (left.join(right, on=["kind", "value"])
+            .filter(pl.col("account_id") != pl.col("peer"))
+            .group_by("account_id").agg(peers=pl.col("peer").n_unique()))

@@ -25,7 +25,7 @@ import numpy as np
 import polars as pl
 
 from .errors import ConfigError
-from .signals import SignalSet, load_signals
+from .signals import SignalSet, SoloLift, load_signals
 
 MODEL_FORMAT = "distillguard-scorer"
 MODEL_FORMAT_VERSION = 1
@@ -126,7 +126,26 @@ class Scorer:
         lr.fit(X, y, sample_weight=sample_weight)
         self.coef_ = lr.coef_[0].copy()
         self.intercept_ = float(lr.intercept_[0])
-        raw = _sigmoid(X @ self.coef_ + self.intercept_)
+        self._fit_thresholds(features, y)
+        self.n_train_ = int(len(y))
+        self.n_train_attack_ = int(y.sum())
+        return self
+
+    def calibrate(self, features: pl.DataFrame, y: np.ndarray) -> "Scorer":
+        """Refit the verdict thresholds on labelled accounts the weights never saw.
+
+        Thresholds fitted on the training accounts are optimistic (the weights were chosen
+        to push exactly those benign scores down), so the benign FPR they promise is not what
+        new data gets; thresholds from fresh accounts are. Weights are unchanged.
+        """
+        if not self.is_fitted():
+            raise ConfigError("Scorer is not fitted: call fit before calibrate")
+        self._fit_thresholds(features, np.asarray(y).astype(int))
+        self.n_calibration_ = int(len(y))
+        return self
+
+    def _fit_thresholds(self, features: pl.DataFrame, y: np.ndarray) -> None:
+        raw = _sigmoid(self._signals().strengths(features) @ self.coef_ + self.intercept_)
         # the attack threshold is fitted where it can act: on accounts with coordination
         # evidence (solo accounts are capped below attack by ``cap_solo``)
         can_attack = self.cap_solo(np.full(len(y), "attack"), features) == "attack"
@@ -134,9 +153,6 @@ class Scorer:
         self.threshold_attack_ = float(_upper_quantile(benign, self.target_fpr))
         self.threshold_suspicious_ = float(min(
             self.threshold_attack_, _upper_quantile(np.sort(raw[y == 0]), self.suspicious_fpr)))
-        self.n_train_ = int(len(y))
-        self.n_train_attack_ = int(y.sum())
-        return self
 
     def score(self, features: pl.DataFrame) -> np.ndarray:
         """Raw score in 0..1 (higher = more likely part of a campaign)."""
@@ -195,6 +211,7 @@ class Scorer:
             "params": {"target_fpr": self.target_fpr, "suspicious_fpr": self.suspicious_fpr,
                        "C": self.C, "solo_max_verdict": self.solo_max_verdict},
             "n_train": self.n_train_, "n_train_attack": self.n_train_attack_,
+            "n_calibration": getattr(self, "n_calibration_", None),
             "trained_on": trained_on or {},
         }
 
@@ -248,3 +265,35 @@ def _upper_quantile(sorted_benign: np.ndarray, fpr: float) -> float:
     # scores >= t flagged; choose t just above the (n - allowed)-th smallest score
     idx = n - allowed - 1
     return float(np.nextafter(sorted_benign[idx], 1.0))
+
+
+def lift_solo(scorer: Scorer, scored: ScoredAccounts, features: pl.DataFrame,
+              rare: pl.DataFrame | None, lift: SoloLift | None) -> ScoredAccounts:
+    """Second pass over accounts that ``cap_solo`` held below ``attack``.
+
+    Such an account becomes ``attack`` when it shares a rare value (``rare``: incidences of
+    ``lift.kinds`` held by few accounts, from ``link.rare_values``) with at least
+    ``lift.min_flagged_peers`` accounts whose first-pass verdict is in ``lift.flagged``; its
+    reasons start with ``lift.reason``. Scores do not change: this is a decision on the
+    evidence the cap asks for, not a new score.
+    """
+    from .link import peers_among
+
+    if lift is None or rare is None or rare.is_empty():
+        return scored
+    floor = scorer.thresholds["attack"] if lift.min_score is None else lift.min_score
+    solo = scorer.cap_solo(np.full(len(scored.score), "attack"), features) != "attack"
+    capped = (scored.verdict != "attack") & (scored.score >= floor) & solo
+    if not capped.any():
+        return scored
+    ids = features["account_id"]
+    flagged = ids.filter(pl.Series(np.isin(scored.verdict, list(lift.flagged))))
+    peers = peers_among(rare, ids.filter(pl.Series(capped)), flagged)
+    lifted = peers.filter(pl.col("peers") >= lift.min_flagged_peers)["account_id"]
+    mask = ids.is_in(lifted.implode()).to_numpy() & capped
+    if not mask.any():
+        return scored
+    reasons = [(f"{lift.reason};{r}".rstrip(";") if m else r)
+               for m, r in zip(mask, scored.reasons)]
+    return ScoredAccounts(score=scored.score, verdict=np.where(mask, "attack", scored.verdict),
+                          reasons=reasons)

@@ -44,6 +44,27 @@ class Signal:
 
 
 @dataclass(frozen=True)
+class SoloLift:
+    """Second look at accounts capped below ``attack`` for lack of coordination evidence.
+
+    A capped account (score at or above the attack threshold — or ``min_score`` if set —, no
+    cluster, no edge) is judged ``attack`` after all when it shares a *rare* value of one of ``kinds`` (held by at most
+    ``max_holders`` accounts) with at least ``min_flagged_peers`` other accounts whose
+    first-pass verdict is in ``flagged``: low-and-slow campaigns spread over residential
+    proxies leave too few shared values per pair for a two-family edge, but their members
+    still reuse the same proxy exits.
+    """
+
+    kinds: tuple[str, ...] = ("ip", "ip_prefix")
+    #: lowest score considered (None: the attack threshold, i.e. only accounts the cap held)
+    min_score: float | None = None
+    max_holders: int = 30
+    min_flagged_peers: int = 1
+    flagged: tuple[str, ...] = ("attack", "suspicious")
+    reason: str = "rare_ip_shared_with_flagged_accounts"
+
+
+@dataclass(frozen=True)
 class SignalSet:
     version: int
     signals: tuple[Signal, ...]
@@ -51,6 +72,8 @@ class SignalSet:
     thresholds: dict[str, float]
     link: LinkConfig
     cluster: dict = field(default_factory=dict)
+    #: when a capped solo account may still be judged ``attack`` (score.lift_solo)
+    solo_lift: SoloLift | None = None
     source: str = ""
 
     @property
@@ -77,7 +100,7 @@ class SignalSet:
 
 _SIGNAL_KEYS = {"id", "description", "weight", "type", "feature", "lo", "hi", "direction",
                 "of", "level"}
-_TOP_KEYS = {"version", "signals", "intercept", "thresholds", "link", "cluster"}
+_TOP_KEYS = {"version", "signals", "intercept", "thresholds", "link", "cluster", "solo_lift"}
 
 
 def load_signals(path: str | Path | None = None) -> SignalSet:
@@ -141,7 +164,21 @@ def load_signals(path: str | Path | None = None) -> SignalSet:
     thresholds = strip_lines(doc.get("thresholds", {}) or {})
     if set(thresholds) != {"attack", "suspicious"}:
         raise ConfigError(f"{name}: thresholds must give 'attack' and 'suspicious'")
+    lift = None
+    if doc.get("solo_lift"):
+        lift_raw = strip_lines(doc["solo_lift"])
+        try:
+            lift = SoloLift(**{k: (tuple(v) if isinstance(v, list) else v)
+                               for k, v in lift_raw.items()})
+        except TypeError as err:
+            raise ConfigError(f"{name}: solo_lift: {err}") from None
+        bad = [k for k in lift.kinds if k not in link.kind_weights]
+        if bad or lift.min_flagged_peers < 1 or lift.max_holders < 2:
+            raise ConfigError(f"{name}:{doc['solo_lift'].get('__line__', '?')}: solo_lift: kinds "
+                              f"must be link kinds (unknown: {bad}), min_flagged_peers >= 1, "
+                              f"max_holders >= 2")
     return SignalSet(version=int(doc.get("version", 1)), signals=tuple(signals),
                      intercept=float(doc.get("intercept", 0.0)),
                      thresholds={k: float(v) for k, v in thresholds.items()}, link=link,
-                     cluster=strip_lines(doc.get("cluster", {}) or {}), source=name)
+                     cluster=strip_lines(doc.get("cluster", {}) or {}), solo_lift=lift,
+                     source=name)

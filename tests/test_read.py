@@ -461,3 +461,16 @@ def test_partitioned_cache_keeps_every_event_once_by_account(tmp_path):
                 want = whole.filter(pl.col("account_id") == acc[0])
                 assert g["prompt"].to_list() == want["prompt"].to_list()
         assert four.events.collect().sort("ts").equals(whole.sort("ts"))
+
+
+def test_auto_partitions_from_parquet_footers_and_jsonl_size(tmp_path):
+    from distillguard.read import auto_partitions
+
+    d = tmp_path / "logs"
+    d.mkdir()
+    pl.DataFrame({"ts": list(range(10)), "account_id": ["a"] * 10,
+                  "prompt": ["p"] * 10}).write_parquet(d / "a.parquet")
+    assert auto_partitions(d, per_partition=4) == 3      # 10 rows from the footer
+    assert auto_partitions(d, per_partition=10) == 1
+    (d / "b.jsonl").write_text("x" * 5000)               # ~1 KB per record: 5 more
+    assert auto_partitions(d, per_partition=5) == 3

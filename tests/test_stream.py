@@ -19,7 +19,11 @@ from distillguard.fingerprint import account_features
 from distillguard.read import read_log
 from distillguard.simulate import simulate
 from distillguard.stream import OnlineDetector
-from distillguard.stream.replay import replay
+from distillguard.signals import load_signals
+from distillguard.stream.replay import iter_chunks, replay
+
+STREAM = load_signals().stream
+INHERITED = {"payment_shared_with_flagged", "linked_to_flagged"}
 
 
 @pytest.fixture(scope="module")
@@ -127,7 +131,11 @@ def test_replay_outputs_follow_contract(sim, tmp_path):
     for a in alerts:
         assert {"ts", "account_id", "cluster_id", "score", "verdict", "reasons",
                 "exchanges_seen"} <= a.keys()
-        assert a["verdict"] in ("attack", "suspicious") and a["exchanges_seen"] >= 20
+        assert a["verdict"] in ("attack", "suspicious") and a["exchanges_seen"] >= 1
+        # own evidence makes an account attack only from min_exchanges_attack exchanges on;
+        # below that only group inheritance does
+        if a["verdict"] == "attack" and a["exchanges_seen"] < STREAM.min_exchanges_attack:
+            assert a["reasons"].split(";")[0] in INHERITED, a
     clusters = json.loads((out / "clusters.json").read_text())
     for c in clusters:
         assert {"cluster_id", "accounts", "score", "verdict", "exchanges", "first_seen",
@@ -171,3 +179,115 @@ def test_kill9_and_resume_equals_uninterrupted(sim, tmp_path):
         assert (out / name).read_text() == (ref / name).read_text(), name
     meta = json.loads((out / "stream.json").read_text())
     assert meta["n_events"] == json.loads((ref / "stream.json").read_text())["n_events"]
+
+
+def _learn(ev, acc, rel, step=3000):
+    det = OnlineDetector(accounts=acc, releases=rel)
+    for i in range(0, ev.height, step):
+        det.score_many(det.learn_many(ev.slice(i, step)))
+    return det
+
+
+def test_newcomer_sharing_a_flagged_payment_is_flagged_on_its_first_exchange(sim, log_frames,
+                                                                              learned):
+    """Group evidence first: an account whose payment instrument is shared with accounts
+    flagged on their own evidence is `attack` on its first exchange, before any own signal;
+    the same first exchange from an account with its own card is not."""
+    ev, acc, rel = log_frames
+    labels = pl.read_csv(sim / "labels.csv")
+    attack = set(labels.filter(pl.col("label") == "attack")["account_id"])
+    paid = acc.filter(pl.col("payment_fingerprint").is_not_null())
+    seeds = [a for a in paid["account_id"].to_list()
+             if a in learned.index_ and learned.seed_[learned.index_[a]]]
+    assert seeds and set(seeds) <= attack
+    src = paid.filter(pl.col("account_id") == seeds[0])
+    casual = labels.filter(pl.col("segment") == "benign_casual")["account_id"].to_list() \
+        if "segment" in labels.columns else []
+    benign_ev = ev.filter(pl.col("account_id").is_in(casual or list(
+        set(labels["account_id"]) - attack))).head(1)
+    t_next = ev["ts"].max() + pl.duration(minutes=1)
+    newcomers = pl.concat([
+        src.with_columns(account_id=pl.lit("new_shared")),
+        src.with_columns(account_id=pl.lit("new_own_card"),
+                         payment_fingerprint=pl.lit("card-of-its-own"))])
+    det = _learn(ev, pl.concat([acc, newcomers]), rel)
+    first = pl.concat([benign_ev.with_columns(account_id=pl.lit(a), ts=t_next)
+                       for a in ("new_shared", "new_own_card")])
+    due = det.learn_many(first)
+    # the shared card makes the newcomer due at once (grace does not hold it back)
+    assert det.index_["new_shared"] in due and STREAM.grace > 1
+    det.score_many(due)
+    s = det.state_of("new_shared")
+    assert s["exchanges_seen"] == 1 and s["verdict"] == "attack"
+    assert s["reasons"].split(";")[0] == "payment_shared_with_flagged"
+    own = det.score_one("new_own_card")
+    assert own["exchanges_seen"] == 1 and own["verdict"] != "attack"
+
+
+def test_few_exchanges_never_make_an_account_attack_on_its_own(learned):
+    """Minimum own evidence: below `min_exchanges_attack` exchanges an account is attack
+    only by inheritance (a seed needs that many exchanges, and below `early_exchanges` a
+    score of at least `early_attack_threshold`)."""
+    n = learned.c_["n"][:learned.n_accounts_]
+    seed = learned.seed_[:learned.n_accounts_]
+    assert seed.any() and n[seed].min() >= STREAM.min_exchanges_attack
+    # ... and early in its life a seed needs the (fitted) early threshold
+    score = learned.f_["score"][:learned.n_accounts_]
+    early = seed & (n < STREAM.early_exchanges)
+    assert (score[early] >= STREAM.early_attack_threshold).all()
+    att = np.flatnonzero(learned.verdict_[:learned.n_accounts_] == 2)
+    for i in att[n[att] < STREAM.min_exchanges_attack]:
+        assert learned.reasons_[i].split(";")[0] in INHERITED
+
+
+def test_iter_chunks_equals_slices(sim, tmp_path, log_frames):
+    ev = log_frames[0]
+    path = tmp_path / "ev.parquet"
+    ev.write_parquet(path, row_group_size=777)
+    got = list(iter_chunks(path, 1000, skip=1500, schema=ev.schema))
+    assert sum(c.height for c in got) == ev.height - 1500
+    assert all(c.height == 1000 for c in got[:-1])
+    for k in (0, len(got) - 1):
+        assert_frame_equal(got[k], ev.slice(1500 + 1000 * k, 1000))
+
+
+def test_stream_section_errors_name_the_line(tmp_path):
+    from distillguard.errors import ConfigError
+    from importlib import resources
+
+    text = resources.files("distillguard").joinpath("data/signals.yaml").read_text()
+    bad = tmp_path / "signals.yaml"
+    bad.write_text(text.replace("rescore_factor: 1.5", "rescore_factor: 0.5"))
+    line = next(i for i, t in enumerate(bad.read_text().splitlines(), 1)
+                if t.startswith("stream:"))
+    with pytest.raises(ConfigError, match=r"signals.yaml:\d+: stream: rescore_factor") as e:
+        load_signals(bad)
+    # the line of the stream mapping (its first key)
+    assert line <= int(str(e.value).split("signals.yaml:")[1].split(":")[0]) <= line + 1
+
+
+def test_linked_inheritance_when_switched_on(sim, log_frames, learned):
+    """The direct-link rule (off in the shipped signals.yaml): with `inherit_linked` 1 and no
+    score gate, an account sending a seed's exact requests (same IP, client, prompts, so
+    linked in two families) is attack with reason linked_to_flagged."""
+    import dataclasses
+
+    ev, acc, rel = log_frames
+    seeds = [i for i in range(learned.n_accounts_) if learned.seed_[i]]
+    det = _learn(ev, acc, rel)
+    det.signals_ = dataclasses.replace(det.signals_, stream=dataclasses.replace(
+        det.signals_.stream, inherit_linked=1, inherit_linked_min_score=0.0,
+        inherit_payment=0))
+    got = None
+    for i in seeds[:10]:
+        src = ev.filter(pl.col("account_id") == learned.ids_[i]).tail(3)
+        new = f"copy_of_{i}"
+        det.learn_many(src.with_columns(account_id=pl.lit(new),
+                                        ts=ev["ts"].max() + pl.duration(minutes=1)))
+        j = det.index_[new]
+        if det.seed_[det.strong_.get(j, [])].any():
+            got = det.score_one(new)
+            break
+    assert got is not None, "no copy got a direct link to a seed"
+    assert got["verdict"] == "attack"
+    assert got["reasons"].split(";")[0] == "linked_to_flagged"

@@ -271,9 +271,10 @@ def policy_lint(file):
               help="Fitted model file (default: the one shipped with the package).")
 @click.option("--checkpoint", type=click.Path(path_type=Path), default=None,
               help="SQLite checkpoint file (default: OUT/checkpoint.sqlite); a rerun resumes.")
-@click.option("--chunk-size", type=click.IntRange(1), default=20000, show_default=True,
-              help="Events per learning step (alerts are decided at chunk ends).")
-@click.option("--checkpoint-every", type=click.IntRange(1), default=10, show_default=True,
+@click.option("--chunk-size", type=click.IntRange(1), default=1000, show_default=True,
+              help="Events per learning step; alerts are decided at chunk ends, so smaller "
+                   "chunks act earlier (leakage) and larger ones replay faster.")
+@click.option("--checkpoint-every", type=click.IntRange(1), default=50, show_default=True,
               help="Chunks between checkpoints.")
 @_quiet_opt
 def stream(paths, accounts, releases, skip_invalid, out, policy_path, model_path, checkpoint,

@@ -48,9 +48,9 @@ class SoloLift:
     """Second look at accounts capped below ``attack`` for lack of coordination evidence.
 
     A capped account (score at or above the attack threshold — or ``min_score`` if set —, no
-    cluster, no edge) is judged ``attack`` after all when it shares a *rare* value of one of ``kinds`` (held by at most
-    ``max_holders`` accounts) with at least ``min_flagged_peers`` other accounts whose
-    first-pass verdict is in ``flagged``: low-and-slow campaigns spread over residential
+    cluster, no edge) is judged ``attack`` after all when it shares a *rare* value of one of
+    ``kinds`` (held by at most ``max_holders`` accounts) with at least ``min_flagged_peers``
+    other accounts whose first-pass verdict is in ``flagged``: low-and-slow campaigns spread over residential
     proxies leave too few shared values per pair for a two-family edge, but their members
     still reuse the same proxy exits.
     """
@@ -65,6 +65,44 @@ class SoloLift:
 
 
 @dataclass(frozen=True)
+class StreamConfig:
+    """When the online detector scores, and how an account inherits its group's flag.
+
+    ``grace``: exchanges before an account is first scored; ``rescore_factor``: it is
+    rescored when its count has grown by this factor. ``min_exchanges_attack``: an account's
+    own score makes it ``attack`` only from this many exchanges on (few exchanges give noisy
+    features; below, it is at most ``suspicious``), and below ``early_exchanges`` exchanges
+    only with a score of at least ``early_attack_threshold`` (fitted by
+    ``tools/fit_stream.py``) — accounts flagged this way are *seeds*.
+    An account inherits ``attack`` (whatever its count) when at least ``inherit_payment``
+    seeds share its payment instrument, or when at least ``inherit_linked`` seeds are linked
+    to it directly (shared values of ``link.min_families`` families) and its own score is at
+    least ``inherit_linked_min_score``. 0 turns a rule off.
+    """
+
+    grace: int = 20
+    rescore_factor: float = 1.5
+    min_exchanges_attack: int = 1
+    early_exchanges: int = 0
+    early_attack_threshold: float = 0.0
+    inherit_payment: int = 0
+    inherit_linked: int = 0
+    inherit_linked_min_score: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.grace < 1 or self.min_exchanges_attack < 1:
+            raise TypeError("grace and min_exchanges_attack must be >= 1")
+        if self.rescore_factor <= 1.0:
+            raise TypeError("rescore_factor must be > 1")
+        if self.inherit_payment < 0 or self.inherit_linked < 0:
+            raise TypeError("inherit_payment and inherit_linked must be >= 0")
+        if self.early_exchanges < 0 or not 0.0 <= self.early_attack_threshold <= 1.0:
+            raise TypeError("early_exchanges must be >= 0, early_attack_threshold in 0..1")
+        if not 0.0 <= self.inherit_linked_min_score <= 1.0:
+            raise TypeError("inherit_linked_min_score must be in 0..1")
+
+
+@dataclass(frozen=True)
 class SignalSet:
     version: int
     signals: tuple[Signal, ...]
@@ -75,6 +113,7 @@ class SignalSet:
     #: when a capped solo account may still be judged ``attack`` (score.lift_solo)
     solo_lift: SoloLift | None = None
     source: str = ""
+    stream: StreamConfig = field(default_factory=StreamConfig)
 
     @property
     def ids(self) -> list[str]:
@@ -100,7 +139,8 @@ class SignalSet:
 
 _SIGNAL_KEYS = {"id", "description", "weight", "type", "feature", "lo", "hi", "direction",
                 "of", "level"}
-_TOP_KEYS = {"version", "signals", "intercept", "thresholds", "link", "cluster", "solo_lift"}
+_TOP_KEYS = {"version", "signals", "intercept", "thresholds", "link", "cluster", "solo_lift",
+             "stream"}
 
 
 def load_signals(path: str | Path | None = None) -> SignalSet:
@@ -161,6 +201,11 @@ def load_signals(path: str | Path | None = None) -> SignalSet:
         link = LinkConfig(**link_raw)
     except TypeError as err:
         raise ConfigError(f"{name}: link: {err}") from None
+    stream_raw = doc.get("stream", {}) or {}
+    try:
+        stream = StreamConfig(**strip_lines(stream_raw))
+    except TypeError as err:
+        raise ConfigError(f"{name}:{stream_raw.get('__line__', '?')}: stream: {err}") from None
     thresholds = strip_lines(doc.get("thresholds", {}) or {})
     if set(thresholds) != {"attack", "suspicious"}:
         raise ConfigError(f"{name}: thresholds must give 'attack' and 'suspicious'")
@@ -181,4 +226,4 @@ def load_signals(path: str | Path | None = None) -> SignalSet:
                      intercept=float(doc.get("intercept", 0.0)),
                      thresholds={k: float(v) for k, v in thresholds.items()}, link=link,
                      cluster=strip_lines(doc.get("cluster", {}) or {}), solo_lift=lift,
-                     source=name)
+                     source=name, stream=stream)

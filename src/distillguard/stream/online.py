@@ -93,10 +93,12 @@ class OnlineDetector:
         Accounts table (``schema.ACCOUNT_SCHEMA``) for tier, verification, sign-up time.
     releases : polars.DataFrame or None
         Model releases (``schema.RELEASE_SCHEMA``) for the model-pivot signal.
-    grace : int
-        Exchanges before an account is scored at all (its verdict is ``benign`` until then).
-    rescore_factor : float
-        An account is rescored when its exchange count has grown by this factor.
+    grace : int or None
+        Exchanges before an account is scored at all (its verdict is ``benign`` until then);
+        None: ``stream.grace`` of the signal file.
+    rescore_factor : float or None
+        An account is rescored when its exchange count has grown by this factor; None:
+        ``stream.rescore_factor`` of the signal file.
     max_prompts : int
         Prompts classified per account before sampling thins out (about
         ``max_prompts * (1 + ln(n / max_prompts))`` in all).
@@ -115,7 +117,8 @@ class OnlineDetector:
     """
 
     def __init__(self, *, signals_path=None, model_path=None, accounts=None, releases=None,
-                 grace: int = 20, rescore_factor: float = 1.5, max_prompts: int = 32,
+                 grace: int | None = None, rescore_factor: float | None = None,
+                 max_prompts: int = 32,
                  max_group: int = 30, min_size: int | None = None, protect: bool = True,
                  seed: int = 0) -> None:
         self.signals_path = signals_path
@@ -129,6 +132,13 @@ class OnlineDetector:
         self.min_size = min_size
         self.protect = protect
         self.seed = seed
+
+    def _grace(self) -> int:
+        return int(self.grace if self.grace is not None else self.signals_.stream.grace)
+
+    def _rescore_factor(self) -> float:
+        return float(self.rescore_factor if self.rescore_factor is not None
+                     else self.signals_.stream.rescore_factor)
 
     # -- lazy set-up -----------------------------------------------------------------------
     def _init(self) -> None:
@@ -166,8 +176,9 @@ class OnlineDetector:
         self.hh_id_ = np.zeros((cap, HH_K), np.uint64)
         self.hh_cnt_ = np.zeros((cap, HH_K), np.uint32)
         self.meta_ = {"tier": np.zeros(cap, np.int8), "verified": np.zeros(cap, bool),
-                      "billing": np.zeros(cap, np.uint64)}
+                      "billing": np.zeros(cap, np.uint64), "paykey": np.zeros(cap, np.uint64)}
         self.verdict_ = np.zeros(cap, np.int8)
+        self.seed_ = np.zeros(cap, bool)              # attack on its own evidence (a seed)
         self.parent_ = np.arange(cap, dtype=np.int64)
         self.gkinds_ = np.zeros(cap, np.int64)        # link-kind bits per union-find root
         self.reasons_: list[str] = []
@@ -175,6 +186,7 @@ class OnlineDetector:
         self.vindex_: dict[int, list[int] | None] = {}
         self.pairs_: dict[int, int] = {}
         self.templates_: dict[int, list[int]] = {}    # tid -> [count, first account, n_acc]
+        self.strong_: dict[int, list[int]] = {}       # direct links (min_families families)
         self.members_: dict[int, list[int]] = {}
         self.t0_ = None
 
@@ -197,7 +209,7 @@ class OnlineDetector:
         self.hll_ = hll
         self.win_, self.task_ = g(self.win_), g(self.task_)
         self.hh_id_, self.hh_cnt_ = g(self.hh_id_), g(self.hh_cnt_)
-        self.verdict_ = g(self.verdict_)
+        self.verdict_, self.seed_ = g(self.verdict_), g(self.seed_)
         parent = np.arange(new, dtype=np.int64)
         parent[:cap] = self.parent_
         self.parent_, self.gkinds_ = parent, g(self.gkinds_)
@@ -213,24 +225,29 @@ class OnlineDetector:
         start = self.n_accounts_
         self._grow(start + len(ids))
         inc = []
+        metas = [self._meta.get(aid) or {} for aid in ids]
+        strs = sorted({m[k] for m in metas for k in ("billing_country", "payment_fingerprint",
+                                                      "email_domain") if m.get(k)})
+        hv = dict(zip(strs, pl.Series(strs, dtype=pl.String).hash(seed=0).to_list()))
         for j, aid in enumerate(ids):
             i = start + j
             self.index_[aid] = i
             self.ids_.append(aid)
             self.reasons_.append("")
-            m = self._meta.get(aid) or {}
+            m = metas[j]
             tier = m.get("tier") or (tiers[j] if tiers is not None else None)
             self.meta_["tier"][i] = self._tier_code(tier)
             self.meta_["verified"][i] = bool(m.get("verified") or False)
             bc = m.get("billing_country")
-            self.meta_["billing"][i] = _h(bc) if bc else 0
+            self.meta_["billing"][i] = hv[bc] if bc else 0
             ca = m.get("created_at")
             self.f_["created_at"][i] = ca.timestamp() * _US if ca is not None else np.nan
-            self.f_["next_check"][i] = self.grace
+            self.f_["next_check"][i] = self._grace()
             if m.get("payment_fingerprint"):
-                inc.append((i, 3, _h(m["payment_fingerprint"])))
+                inc.append((i, 3, hv[m["payment_fingerprint"]]))
+                self.meta_["paykey"][i] = _vkey(3, inc[-1][2])
             if m.get("email_domain"):
-                inc.append((i, 4, _h(m["email_domain"])))
+                inc.append((i, 4, hv[m["email_domain"]]))
             if ca is not None:
                 inc.append((i, 5, int(ca.timestamp() * _US) // self.signup_us_))
         self.n_accounts_ += len(ids)
@@ -464,7 +481,7 @@ class OnlineDetector:
         for a, kind, value in inc:
             if protected is not None and protected[a] == 2:
                 continue
-            key = (kind << 58) ^ (value & ((1 << 58) - 1))
+            key = _vkey(kind, value)
             lst = vindex.get(key, 0)
             if lst is None:
                 continue
@@ -476,14 +493,28 @@ class OnlineDetector:
             if len(lst) >= self.max_group:
                 vindex[key] = None
                 continue
+            if kind == 3 and self.seed_[lst].any():
+                self._due_now([a])                    # shares a payment with a seed
             bit = 1 << int(fam[kind])
             for b in lst:
                 pk = (min(a, b) << 32) | max(a, b)
-                bits = pairs.get(pk, 0) | bit
+                old = pairs.get(pk, 0)
+                bits = old | bit
                 pairs[pk] = bits
                 if bin(bits).count("1") >= self.min_families_:
                     self._union(a, b, 1 << kind)
+                    if bin(old).count("1") < self.min_families_:
+                        self.strong_.setdefault(a, []).append(b)
+                        self.strong_.setdefault(b, []).append(a)
+                        if self.seed_[b] or self.seed_[a]:
+                            self._due_now([b if self.seed_[a] else a])
             lst.append(a)
+
+    def _due_now(self, idx) -> None:
+        """Make accounts due for rescoring at their next exchange (group evidence changed)."""
+        idx = np.asarray(idx, dtype=np.int64)
+        nc = self.f_["next_check"]
+        nc[idx] = np.minimum(nc[idx], np.maximum(self.c_["n"][idx], 1))
 
     def _union(self, a: int, b: int, kind_bit: int) -> None:
         ra, rb = self._find(a), self._find(b)
@@ -501,7 +532,7 @@ class OnlineDetector:
         if len(ma) >= self.min_size_:
             # a new or grown cluster: its members are rescored at the next round
             self.f_["next_check"][np.array(ma)] = np.minimum(
-                self.f_["next_check"][np.array(ma)], self.grace)
+                self.f_["next_check"][np.array(ma)], self._grace())
 
     def groups(self) -> dict[int, list[int]]:
         """Live clusters: union-find root -> member indices (groups of ``min_size`` or more)."""
@@ -669,16 +700,75 @@ class OnlineDetector:
         res = self.scorer_.run(feats)
         score = np.round(res.score, 6)
         self.f_["score"][idx] = score
-        self.verdict_[idx] = np.array([VERDICT_CODE[v] for v in res.verdict], dtype=np.int8)
-        for i, r in zip(idx.tolist(), res.reasons):
-            self.reasons_[i] = r
         n = self.c_["n"][idx]
-        self.f_["next_check"][idx] = np.maximum(n + 1, np.ceil(n * self.rescore_factor))
+        code, reasons, soon = self._group_verdicts(
+            idx, score, np.array([VERDICT_CODE[v] for v in res.verdict], dtype=np.int8),
+            list(res.reasons))
+        self.verdict_[idx] = code
+        for i, r in zip(idx.tolist(), reasons):
+            self.reasons_[i] = r
+        self.f_["next_check"][idx] = np.where(
+            soon > 0, np.maximum(soon, n + 1),
+            np.maximum(n + 1, np.ceil(n * self._rescore_factor())))
         return pl.DataFrame({
             "account_id": feats["account_id"], "idx": idx, "score": score,
-            "verdict": pl.Series(res.verdict, dtype=pl.String),
-            "reasons": pl.Series(res.reasons, dtype=pl.String),
+            "verdict": pl.Series(VERDICT_NAME[code], dtype=pl.String),
+            "reasons": pl.Series(reasons, dtype=pl.String),
             "cluster_id": feats["cluster_id"], "exchanges_seen": n.astype(np.int64)})
+
+    def _group_verdicts(self, idx: np.ndarray, score: np.ndarray, code: np.ndarray,
+                        reasons: list[str]) -> tuple[np.ndarray, list[str], np.ndarray]:
+        """Minimum own evidence, then group inheritance (``stream`` of the signal file).
+
+        An account is a *seed* while its own score says ``attack`` with at least
+        ``min_exchanges_attack`` exchanges (fewer: ``suspicious``), and below
+        ``early_exchanges`` exchanges a score of at least ``early_attack_threshold``. A non-seed is ``attack``
+        when ``inherit_payment`` seeds share its payment instrument, or ``inherit_linked``
+        seeds are directly linked to it and its own score reaches
+        ``inherit_linked_min_score``. New seeds make their payment mates and direct links due
+        for rescoring at their next exchange.
+
+        Also returns, per account, an earlier next rescoring point than the growth schedule
+        (0: none): ``min_exchanges_attack`` for one held back by the minimum, the next
+        exchange for one with enough linked seeds whose own score is still too low.
+        """
+        cfg = self.signals_.stream
+        code = code.copy()
+        n = self.c_["n"][idx]
+        held = (code == 2) & (n < cfg.min_exchanges_attack)
+        early = (code == 2) & ~held & (n < cfg.early_exchanges) & (
+            score < cfg.early_attack_threshold)
+        code[held | early] = 1
+        soon = np.where(held, cfg.min_exchanges_attack, 0).astype(np.float64)
+        was = self.seed_[idx].copy()
+        self.seed_[idx] = code == 2
+        new_seeds = idx[(code == 2) & ~was]
+        vindex, seed = self.vindex_, self.seed_
+        for j, i in enumerate(idx.tolist()):
+            if code[j] == 2:
+                continue
+            why = None
+            key = int(self.meta_["paykey"][i])
+            lst = vindex.get(key) if cfg.inherit_payment and key else None
+            if lst and int(seed[lst].sum()) - int(seed[i]) >= cfg.inherit_payment:
+                why = "payment_shared_with_flagged"
+            elif (cfg.inherit_linked and i in self.strong_
+                  and int(seed[self.strong_[i]].sum()) >= cfg.inherit_linked):
+                if score[j] >= cfg.inherit_linked_min_score:
+                    why = "linked_to_flagged"
+                else:
+                    soon[j] = 1           # watched: rescored at every exchange
+            if why:
+                code[j] = 2
+                reasons[j] = ";".join([why] + [r for r in reasons[j].split(";") if r])
+        if len(new_seeds):
+            mates = [m for i in new_seeds.tolist() for m in self.strong_.get(i, ())]
+            for i in new_seeds.tolist():
+                key = int(self.meta_["paykey"][i])
+                mates += (vindex.get(key) or []) if key else []
+            if mates:
+                self._due_now(np.setdiff1d(np.array(mates, dtype=np.int64), new_seeds))
+        return code, reasons, soon
 
     def score_one(self, account_id: str) -> dict:
         """Score one account now: ``{account_id, score, verdict, reasons, cluster_id, ...}``."""
@@ -718,12 +808,13 @@ class OnlineDetector:
         n = max(self.n_accounts_, 1)
         arrays = (list(self.c_.values()) + list(self.f_.values()) + list(self.meta_.values())
                   + [self.hour_, self.wday_, self.hll_, self.win_, self.task_, self.hh_id_,
-                     self.hh_cnt_, self.verdict_, self.parent_, self.gkinds_])
+                     self.hh_cnt_, self.verdict_, self.seed_, self.parent_, self.gkinds_])
         per_row = sum(a.nbytes // (a.shape[1] if a is self.hll_ else a.shape[0])
                       for a in arrays)
         ids = sum(len(s) + 49 for s in self.ids_) / n + 8 + 64   # str objects + dict slot
         shared = (sum(8 + (len(v) * 8 + 56 if v else 0) for v in self.vindex_.values())
-                  + len(self.pairs_) * 80 + len(self.templates_) * 120)
+                  + len(self.pairs_) * 80 + len(self.templates_) * 120
+                  + sum(156 + 8 * len(v) for v in self.strong_.values()))
         return {"per_account_bytes": per_row + ids, "shared_index_bytes": shared,
                 "shared_per_account_bytes": shared / n, "accounts": self.n_accounts_}
 
@@ -736,7 +827,7 @@ class OnlineDetector:
         arr |= {f"m_{k}": v[:n] for k, v in self.meta_.items()}
         arr |= {"hour": self.hour_[:n], "wday": self.wday_[:n], "hll": self.hll_[:, :n],
                 "win": self.win_[:n], "task": self.task_[:n], "hh_id": self.hh_id_[:n],
-                "hh_cnt": self.hh_cnt_[:n], "verdict": self.verdict_[:n],
+                "hh_cnt": self.hh_cnt_[:n], "verdict": self.verdict_[:n], "seed": self.seed_[:n],
                 "parent": self.parent_[:n], "gkinds": self.gkinds_[:n],
                 "ids": np.array(self.ids_, dtype=str), "reasons": np.array(self.reasons_,
                                                                            dtype=str),
@@ -769,8 +860,8 @@ class OnlineDetector:
             self.f_[k][:n] = z[f"f_{k}"]
         for k in self.meta_:
             self.meta_[k][:n] = z[f"m_{k}"]
-        for name in ("hour", "wday", "win", "task", "hh_id", "hh_cnt", "verdict", "parent",
-                     "gkinds"):
+        for name in ("hour", "wday", "win", "task", "hh_id", "hh_cnt", "verdict", "seed",
+                     "parent", "gkinds"):
             getattr(self, name + "_")[:n] = z[name]
         self.hll_[:, :n] = z["hll"]
         self.ids_ = z["ids"].tolist()
@@ -791,11 +882,22 @@ class OnlineDetector:
         self.pairs_ = dict(zip(z["p_keys"].tolist(), z["p_vals"].tolist()))
         self.templates_ = {k: list(v) for k, v in zip(z["t_keys"].tolist(),
                                                       z["t_vals"].tolist())}
+        self.strong_ = {}
+        for pk, bits in self.pairs_.items():
+            if bin(bits).count("1") >= self.min_families_:
+                a, b = pk >> 32, pk & 0xFFFFFFFF
+                self.strong_.setdefault(a, []).append(b)
+                self.strong_.setdefault(b, []).append(a)
         members: dict[int, list[int]] = {}
         for i in range(n):
             members.setdefault(self._find(i), []).append(i)
         self.members_ = {r: m for r, m in members.items() if len(m) > 1}
         return self
+
+
+def _vkey(kind: int, value: int) -> int:
+    """Key of a (link kind, value) in the shared-value index."""
+    return (kind << 58) ^ (value & ((1 << 58) - 1))
 
 
 def _h(s: str) -> int:

@@ -57,8 +57,11 @@ def _run_child(cmd: list[str], *, log: Path | None = None,
     """Run ``cmd``; (wall seconds, peak RSS GiB of that child, return code).
 
     With ``max_rss_gib`` the child is killed (return code -9) when its RSS passes the limit,
-    so a big run cannot take a shared machine's memory.
+    so a big run cannot take a shared machine's memory. The peak is the larger of the
+    child's rusage and the RSS sampled every 0.25 s: ``detect``'s profiler resets the
+    kernel's peak mark at every stage start, so rusage alone gives only the last stages'.
     """
+    sampled = 0.0
     with contextlib.ExitStack() as stack:
         fh = stack.enter_context(open(log, "w")) if log else subprocess.DEVNULL
         t0 = time.perf_counter()
@@ -67,13 +70,15 @@ def _run_child(cmd: list[str], *, log: Path | None = None,
             pid, status, ru = os.wait4(proc.pid, os.WNOHANG if max_rss_gib else 0)
             if pid:
                 break
-            if _rss_gib(proc.pid) > max_rss_gib:
+            now = _rss_gib(proc.pid)
+            sampled = max(sampled, now)
+            if now > max_rss_gib:
                 print(f"killing {cmd[2:4]}: RSS over {max_rss_gib} GiB", flush=True)
                 proc.kill()
             time.sleep(0.25)
         wall = time.perf_counter() - t0
         proc.returncode = os.waitstatus_to_exitcode(status)
-    return wall, ru.ru_maxrss / 2**20, proc.returncode
+    return wall, max(ru.ru_maxrss / 2**20, sampled), proc.returncode
 
 
 def ensure_log(work: Path, name: str) -> Path:
@@ -121,6 +126,7 @@ def run_detect(log: Path, out: Path, *, max_prompts: int | None = None,
     if rc != 0:
         raise SystemExit(f"detect failed ({rc}), see {out.with_suffix('.log')}")
     meta = json.loads((out / "run.json").read_text())
+    rss = max(rss, meta.get("peak_rss_gib") or 0.0)
     return {"wall_s": wall, "rss_gib": rss, "timings": meta.get("timings", {}),
             "runtime_s": meta.get("runtime_s"), "n_events": meta.get("n_events"),
             "n_accounts": meta.get("n_accounts")}
@@ -190,6 +196,21 @@ def markdown(results: list[dict], cap: list[dict] | None) -> str:
             f"{r['floor_s']:.2f} s | {r['detect_s']:.1f} s | {r['ratio']:.1f}× | "
             f"{r['exchanges_per_s']:,.0f} | {r['rss_gib']:.2f} GiB | {st} | "
             f"{_fmt_q(r['quality'])} |")
+    if len(results) > 1:
+        a = results[0]
+        lines += ["", f"Growth against {a['size']} (linear: time and stage ratios ≈ the "
+                  "exchanges ratio):", "",
+                  "| size | × exchanges | × accounts | × detect time | × floor | "
+                  + " | ".join(f"× {k}" for k in a["stages"]) + " | µs / exchange |",
+                  "|---|---|---|---|---|" + "---|" * len(a["stages"]) + "---|"]
+        for r in results:
+            st = " | ".join(f"{r['stages'].get(k, 0.0) / v:.1f}" if v else "-"
+                            for k, v in a["stages"].items())
+            lines.append(
+                f"| {r['size']} | {r['exchanges'] / a['exchanges']:.1f} | "
+                f"{r['accounts'] / a['accounts']:.1f} | {r['detect_s'] / a['detect_s']:.1f} | "
+                f"{r['floor_s'] / a['floor_s']:.1f} | {st} | "
+                f"{1e6 * r['detect_s'] / r['exchanges']:.1f} |")
     if cap:
         lines += ["", ("Per-account prompt cap (`max_prompts`; detect's default is 64), "
                        f"at {cap[0]['size']}:"), "",
@@ -215,7 +236,7 @@ def main(argv=None) -> int:
                     help="Also run detect at SIZE with the prompt caps of --caps.")
     ap.add_argument("--caps", default="1000000000",
                     help="Comma-separated max_prompts values for --cap-check (1e9: no cap).")
-    ap.add_argument("--max-rss-gib", type=float, default=14.0,
+    ap.add_argument("--max-rss-gib", type=float, default=11.0,
                     help="Kill a detect run whose RSS passes this (0: no limit).")
     args = ap.parse_args(argv)
     lim = args.max_rss_gib or None

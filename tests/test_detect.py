@@ -114,3 +114,16 @@ def test_detect_cli_profile_prints_stage_table(sim, tmp_path):
         assert stage in text
     run = json.loads((tmp_path / "o" / "run.json").read_text())
     assert set(run["timings"]) >= {"read", "content", "link", "cluster"}
+    # the live stage log is written next to the outputs
+    log = (tmp_path / "o" / "profile.log").read_text()
+    assert "start read" in log and "end report" in log
+
+
+def test_results_do_not_depend_on_the_account_partitions(sim, det, tmp_path):
+    out, _ = det
+    res = detect([sim / "events"], accounts=sim / "accounts.csv",
+                 releases=sim / "releases.csv", out=tmp_path / "p3", partitions=3)
+    assert "3 account partition(s)" in (tmp_path / "p3" / "profile.log").read_text()
+    assert res.n_clusters > 0
+    for name in ("accounts.csv", "clusters.json"):
+        assert (tmp_path / "p3" / name).read_text() == (out / name).read_text(), name

@@ -96,3 +96,29 @@ def test_table_renders_all_stages_and_total():
     for word in ("detect profile", "read", "fingerprint", "content", "total", "GiB"):
         assert word in text
     assert prof.table().row_count == 4
+
+
+def test_live_log_shows_stages_as_they_end_and_a_failed_one(tmp_path):
+    echo = io.StringIO()
+    log = tmp_path / "out" / "profile.log"
+    prof = StageProfiler(log=log, echo=echo)
+    with prof.stage("read"):
+        prof.note("100 rows")
+    lines = log.read_text().splitlines()
+    # written while the run goes on, not only at the end
+    assert [ln.split("] ", 1)[1].split()[:2] for ln in lines] == [
+        ["start", "read"], ["read:", "100"], ["end", "read"]]
+    with pytest.raises(MemoryError), prof.stage("content"):
+        raise MemoryError
+    text = log.read_text()
+    assert "start content" in text and "FAILED content" in text
+    assert "GiB" in text
+    assert echo.getvalue().splitlines() == text.splitlines()
+
+
+def test_no_log_unless_asked(tmp_path, capsys):
+    prof = StageProfiler()
+    with prof.stage("x"):
+        prof.note("quiet")
+    assert prof.log_path is None
+    assert capsys.readouterr().err == ""

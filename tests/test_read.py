@@ -439,3 +439,38 @@ def test_side_tables_ok(tmp_path):
     df = read_labels(lab)
     assert df.columns == ["account_id", "label", "campaign", "segment"]
     assert df["campaign"].to_list() == ["A", None]
+
+
+def test_partitioned_cache_keeps_every_event_once_by_account(tmp_path):
+    from distillguard.read import account_partition
+
+    recs = [{"ts": 1_700_000_000 + i, "account_id": f"acct_{i % 7}", "prompt": f"p{i}"}
+            for i in range(200)]
+    p = tmp_path / "log.jsonl"
+    p.write_bytes(b"\n".join(orjson.dumps(r) for r in recs) + b"\n")
+    with read_log(p) as one, read_log(p, partitions=4) as four:
+        assert len(four.parts) == 4 and len(one.parts) == 1
+        whole = one.events.collect()
+        parts = [x.collect() for x in four.parts]
+        assert sum(len(x) for x in parts) == len(whole) == 200
+        for i, x in enumerate(parts):
+            # each account lives in exactly one partition, its events in input order
+            assert x.select(account_partition(pl.col("account_id"), 4)
+                            .eq(i).all()).item()
+            for acc, g in x.group_by("account_id"):
+                want = whole.filter(pl.col("account_id") == acc[0])
+                assert g["prompt"].to_list() == want["prompt"].to_list()
+        assert four.events.collect().sort("ts").equals(whole.sort("ts"))
+
+
+def test_auto_partitions_from_parquet_footers_and_jsonl_size(tmp_path):
+    from distillguard.read import auto_partitions
+
+    d = tmp_path / "logs"
+    d.mkdir()
+    pl.DataFrame({"ts": list(range(10)), "account_id": ["a"] * 10,
+                  "prompt": ["p"] * 10}).write_parquet(d / "a.parquet")
+    assert auto_partitions(d, per_partition=4) == 3      # 10 rows from the footer
+    assert auto_partitions(d, per_partition=10) == 1
+    (d / "b.jsonl").write_text("x" * 5000)               # ~1 KB per record: 5 more
+    assert auto_partitions(d, per_partition=5) == 3

@@ -134,10 +134,15 @@ def simulate(scenario, scale, seed, out, fmt, list_, quiet):
               help="CSV with account_id: customers allowed to generate training data "
                    "(scored, never given verdict attack).")
 @click.option("--profile", "profile", is_flag=True,
-              help="Print a per-stage time and peak-memory table at the end (stderr).")
+              help="Log each stage's time and memory as it ends, and print a per-stage table "
+                   "at the end (stderr); the log is always written to OUT/profile.log.")
+@click.option("--state", "state", type=click.Path(path_type=Path), default=None,
+              help="Incremental runs: directory keeping what later runs need from this and "
+                   "earlier logs (read when present, rewritten after); give each day's log "
+                   "in time order and the result equals a run over all days at once.")
 @_quiet_opt
 def detect(paths, accounts, releases, skip_invalid, log_format, account_from, ts_from, out,
-           model_path, allowlist, profile, quiet):
+           model_path, allowlist, profile, state, quiet):
     """Detect distillation campaigns: writes accounts.csv, clusters.json, report.html.
 
     \b
@@ -148,11 +153,12 @@ def detect(paths, accounts, releases, skip_invalid, log_format, account_from, ts
     from .detect import detect as run_detect
     from .profile import StageProfiler
 
-    prof = StageProfiler()
+    prof = StageProfiler(echo=sys.stderr if profile else None)
     result = run_detect(list(paths), accounts=accounts, releases=releases, out=out,
                         skip_invalid=skip_invalid, model_path=model_path,
                         format=log_format, account_from=account_from, ts_from=ts_from,
-                        allowlist=allowlist, progress=_progress_enabled(quiet), profiler=prof)
+                        allowlist=allowlist, progress=_progress_enabled(quiet), profiler=prof,
+                        state=state)
     if profile:
         prof.render(file=sys.stderr, title="detect profile")
     click.echo(result.summary())

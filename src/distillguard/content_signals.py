@@ -31,20 +31,77 @@ SAMPLE_COLUMNS = ("account_id", "ts", "prompt", "system", "tool_names", "model",
                   "tools_hash")
 
 
-def sample_prompts(events: pl.LazyFrame, *, max_prompts: int = 200, seed: int = 0
-                   ) -> pl.DataFrame:
-    """At most ``max_prompts`` events per account, chosen by a seeded hash (deterministic)."""
-    e = events.select(*SAMPLE_COLUMNS).with_columns(
-        _h=pl.concat_str([pl.col("account_id"), pl.col("ts").cast(pl.String),
-                          pl.col("prompt").str.slice(0, 64)], ignore_nulls=True)
-        .hash(seed=seed))
-    return (e.filter(pl.col("_h").rank("ordinal").over("account_id") <= max_prompts)
-            .drop("_h").collect(engine="streaming").sort("account_id", "ts"))
+def _sample_hash(seed: int) -> pl.Expr:
+    return pl.concat_str([pl.col("account_id"), pl.col("ts").cast(pl.String),
+                          pl.col("prompt").str.slice(0, 64)], ignore_nulls=True).hash(seed=seed)
 
 
-def content_features(sample: pl.DataFrame, *, seed: int = 0, classifier=None
+def sample_prompts(events: pl.LazyFrame | list[pl.LazyFrame], *, max_prompts: int = 200,
+                   seed: int = 0, keep_hash: bool = False) -> pl.DataFrame:
+    """At most ``max_prompts`` events per account, chosen by a seeded hash (deterministic).
+
+    Two streaming passes keep memory at a few bytes per event: the first reads only the
+    account id and the hash key (the prompt's first 64 characters) and ranks each account's
+    rows by hash; the second reads the text columns of the kept rows only. ``prompt`` and
+    ``system`` come back as ``Categorical``: samples repeat prompts (replays, templates)
+    many times over, so each distinct text is held once. ``events`` may be a list of
+    account partitions (``Log.parts``), sampled one at a time. ``keep_hash`` keeps the
+    sampling hash as ``_h`` (for :func:`merge_samples`).
+    """
+    if isinstance(events, list):
+        if len(events) > 1:
+            return _sorted(pl.concat([sample_prompts(e, max_prompts=max_prompts, seed=seed,
+                                                     keep_hash=keep_hash) for e in events]))
+        events = events[0]
+    keys = (events.with_row_index("_r").select("_r", "account_id", _h=_sample_hash(seed))
+            .collect(engine="streaming"))
+    keep = keys.filter(pl.col("_h").rank("ordinal").over("account_id") <= max_prompts)
+    del keys
+    out = (events.with_row_index("_r").join(keep.lazy().select("_r", "_h"), on="_r",
+                                            how="inner", maintain_order="left")
+           .select(*SAMPLE_COLUMNS, "_h")
+           .with_columns(pl.col("prompt").cast(pl.Categorical),
+                         pl.col("system").cast(pl.Categorical))
+           .collect(engine="streaming"))
+    return _sorted(out if keep_hash else out.drop("_h"))
+
+
+def merge_samples(old: pl.DataFrame, new: pl.DataFrame, *, max_prompts: int) -> pl.DataFrame:
+    """The sample of two logs read one after the other, from their ``keep_hash`` samples.
+
+    Each sample holds an account's ``max_prompts`` smallest hashes (a bottom-k sketch), so the
+    smallest of their union are exactly those of both logs sampled together.
+    """
+    both = pl.concat([old, new], how="vertical_relaxed")
+    return _sorted(both.filter(pl.col("_h").rank("ordinal").over("account_id") <= max_prompts))
+
+
+def _sorted(sample: pl.DataFrame) -> pl.DataFrame:
+    return sample.sort("account_id", "ts", maintain_order=True)
+
+
+def _templates(prompt: pl.Series, seed: int) -> pl.Series:
+    """:func:`mine_templates` ids per row, mined over the distinct prompts only.
+
+    Distinct prompts are taken in order of first occurrence, so the smallest distinct index
+    of a template maps to its smallest row: the ids equal ``mine_templates`` over all rows.
+    """
+    dist = (prompt.to_frame("p").with_row_index("row").group_by("p")
+            .agg(first=pl.col("row").min()).sort("first"))
+    tid = mine_templates(dist.select(pl.col("p").cast(pl.String)), text_col="p", seed=seed)
+    first = dist["first"].cast(pl.Int64)
+    ids = dist.select("p", template_id=first.gather(tid))
+    return (prompt.to_frame("p").join(ids, on="p", how="left", maintain_order="left",
+                                      nulls_equal=True)["template_id"])
+
+
+def content_features(sample: pl.DataFrame, *, seed: int = 0, classifier=None, note=None
                      ) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """Per-account content features, and the sample with ``task`` / ``template_id`` added."""
+    """Per-account content features, and the sample with ``task`` / ``template_id`` added.
+
+    ``note``: optional callable given a progress message after each step (the profiler's).
+    """
+    note = note or (lambda _msg: None)
     if classifier is None:
         classifier = load_default()
     # classify each distinct (prompt, system, tools) once: replays and templates repeat.
@@ -52,13 +109,17 @@ def content_features(sample: pl.DataFrame, *, seed: int = 0, classifier=None
     # cost ~6 GiB at 16M exchanges.
     key = ["prompt", "system", "tool_names"]
     sample = sample.with_columns(_k=pl.struct(key).hash(seed=0))
-    uniq = sample.filter(pl.col("_k").is_first_distinct()).select("_k", *key)
-    pred = predict_tasks(uniq.with_columns(pl.col("prompt").fill_null("")), classifier)
+    uniq = (sample.filter(pl.col("_k").is_first_distinct()).select("_k", *key)
+            .with_columns(pl.col("prompt").cast(pl.String).fill_null(""),
+                          pl.col("system").cast(pl.String)))
+    pred = predict_tasks(uniq, classifier)
     labels = uniq.select("_k").with_columns(
         task=pred["task"], cot=pred["cot_score"].cast(pl.Float64),
         sensitive=pred["sensitive_score"].cast(pl.Float64))
+    note(f"classified {uniq.height:,} distinct prompts")
     sample = sample.join(labels, on="_k", how="left").drop("_k")
-    sample = sample.with_columns(template_id=mine_templates(sample, text_col="prompt", seed=seed))
+    sample = sample.with_columns(template_id=_templates(sample["prompt"], seed))
+    note("templates mined")
     shares = (sample.group_by("account_id").agg(
         [(pl.col("task") == t).mean().alias(f"share_{t}") for t in TASKS]
         + [pl.col("cot").gt(0.5).mean().alias("cot_share"),

@@ -21,14 +21,15 @@ from rich.console import Console
 
 from . import __version__
 from .cluster import cluster_features, leiden_clusters, merge_clusters, neighbour_features
-from .content_signals import content_features, sample_prompts
+from .content_signals import content_features, merge_samples, sample_prompts
 from .errors import ConfigError
 from .fingerprint import account_features
 from .link import edges_from_incidences, incidences, rare_values
 from .profile import StageProfiler
-from .read import Log, read_log
+from .read import Log, auto_partitions, read_log
 from .score import Scorer, lift_solo
 from .signals import SignalSet, load_signals
+from .state import load_state, write_state
 
 
 @dataclass
@@ -40,6 +41,8 @@ class Features:
     clusters: pl.DataFrame          # one row per cluster
     edges: pl.DataFrame
     sample: pl.DataFrame            # sampled events with task / template ids
+    #: the prompt sample with its sampling hash ``_h`` (what ``--state`` keeps)
+    hashed_sample: pl.DataFrame | None = None
     timings: dict[str, float] = field(default_factory=dict)
     rare: pl.DataFrame | None = None  # rare network values (for score.lift_solo)
 
@@ -95,21 +98,32 @@ class _Stages:
 
 
 def build_features(log: Log, signals: SignalSet, *, max_prompts: int = 64, seed: int = 0,
-                   profiler: StageProfiler | None = None, progress: bool = False) -> Features:
-    """Fingerprint, content, link and cluster stages over a read log."""
+                   profiler: StageProfiler | None = None, progress: bool = False,
+                   prior_sample: pl.DataFrame | None = None) -> Features:
+    """Fingerprint, content, link and cluster stages over a read log.
+
+    ``prior_sample``: the hashed prompt sample of earlier logs (``--state``), merged with
+    this log's (``log.new_parts``) as if all had been sampled together.
+    """
     prof = profiler if profiler is not None else StageProfiler()
     stage = _Stages(prof, progress)
     with stage("fingerprint", "per-account behavioural features"):
-        feats = account_features(log.events, log.accounts, log.releases)
+        feats = account_features(log.parts, log.accounts, log.releases)
     with stage("content", f"classifying and template-mining ≤ {max_prompts} prompts/account"):
-        sample = sample_prompts(log.events, max_prompts=max_prompts, seed=seed)
-        content, sample = content_features(sample, seed=seed)
+        hashed = sample_prompts(log.new_parts, max_prompts=max_prompts, seed=seed,
+                                keep_hash=True)
+        if prior_sample is not None:
+            hashed = merge_samples(prior_sample, hashed, max_prompts=max_prompts)
+        sample = hashed.drop("_h")
+        prof.note(f"sampled {sample.height:,} prompts")
+        content, sample = content_features(sample, seed=seed, note=prof.note)
         feats = feats.join(content, on="account_id", how="left")
     with stage("link", "linking accounts by shared rare attributes"):
         cfg = signals.link
         seen = log.accounts.join(feats.select("account_id"), on="account_id", how="semi")
-        inc = incidences(log.events, seen, sample.select("account_id", "ts", "template_id"),
+        inc = incidences(log.parts, seen, sample.select("account_id", "ts", "template_id"),
                          cfg)
+        prof.note(f"{inc.height:,} incidences")
         edges = edges_from_incidences(inc, feats.height, cfg)
         lift = signals.solo_lift
         rare = rare_values(inc, lift.kinds, lift.max_holders) if lift is not None else None
@@ -130,7 +144,7 @@ def build_features(log: Log, signals: SignalSet, *, max_prompts: int = 64, seed:
         feats = attach_cluster_features(feats, membership, cfeats).join(nbr, on="account_id",
                                                                         how="left")
     return Features(accounts=feats, membership=membership, clusters=cfeats, edges=edges,
-                    sample=sample, timings=prof.timings(), rare=rare)
+                    sample=sample, hashed_sample=hashed, timings=prof.timings(), rare=rare)
 
 
 def attach_cluster_features(feats: pl.DataFrame, membership: pl.DataFrame,
@@ -180,7 +194,8 @@ def detect(paths: list, *, accounts=None, releases=None, out: Path, skip_invalid
            max_prompts: int = 64, progress: bool = False, seed: int = 0,
            format: str = "auto", account_from: str | None = None,
            ts_from: str | None = None, allowlist: Path | None = None,
-           profiler: StageProfiler | None = None) -> DetectResult:
+           profiler: StageProfiler | None = None, partitions: int | None = None,
+           state: Path | None = None) -> DetectResult:
     """Run the batch pipeline and write accounts.csv, clusters.json and report.html.
 
     ``format`` / ``account_from`` / ``ts_from`` select and complete the input format (see
@@ -188,6 +203,10 @@ def detect(paths: list, *, accounts=None, releases=None, out: Path, skip_invalid
     ``allowlist``: CSV with an ``account_id`` column — customers with written permission to
     generate training data; they keep their score but get verdict ``benign`` and the reason
     ``allowlisted``. ``profiler`` collects per-stage time and peak memory (``--profile``).
+    ``partitions``: account partitions of the per-account stages (None: about one per 2M
+    events, :func:`~distillguard.read.auto_partitions`); results do not depend on it.
+    ``state``: directory of the incremental state (:mod:`distillguard.state`): loaded when
+    present, so this log is detected together with all earlier ones, and rewritten after.
     """
     from .explain import render_report
     from .outputs import build_clusters_json, write_accounts_csv
@@ -200,13 +219,23 @@ def detect(paths: list, *, accounts=None, releases=None, out: Path, skip_invalid
     allowed = read_allowlist(allowlist) if allowlist is not None else set()
     scorer = load_scorer(model_path, signals)
     out.mkdir(parents=True, exist_ok=True)
+    if prof.log_path is None:
+        prof.set_log(out / "profile.log")  # live: a killed run still shows where it was
     with prof.stage("read"):
+        if partitions is None:
+            partitions = auto_partitions(paths, format=format)
+        prof.note(f"{partitions} account partition(s)")
+        history = (load_state(state, max_prompts=max_prompts, seed=seed)
+                   if state is not None else None)
+        if history is not None:
+            prof.note(f"state {state}: {history.n_events:,} earlier exchanges")
         log = read_log(paths, accounts=accounts, releases=releases, skip_invalid=skip_invalid,
                        progress=progress, format=format, account_from=account_from,
-                       ts_from=ts_from)
+                       ts_from=ts_from, partitions=partitions, history=history)
     with log:
         f = build_features(log, signals, max_prompts=max_prompts, seed=seed, profiler=prof,
-                           progress=progress)
+                           progress=progress,
+                           prior_sample=history.sample if history is not None else None)
         with stage("score", "scoring"):
             scored = lift_solo(scorer, scorer.run(f.accounts), f.accounts, f.rare,
                                signals.solo_lift)
@@ -233,6 +262,12 @@ def detect(paths: list, *, accounts=None, releases=None, out: Path, skip_invalid
                            reasons=pl.lit("no_traffic")))
         invalid = log.invalid.as_dict()
         n_events = log.n_events
+        if state is not None:
+            with prof.stage("state"):
+                write_state(state, events=pl.concat(log.parts), sample=f.hashed_sample,
+                            inline_accounts=log.inline_accounts, first_seen=log.first_seen,
+                            n_events=n_events, invalid=invalid, max_prompts=max_prompts,
+                            seed=seed)
     # accounts in no cluster and accounts whose cluster is benign keep their own verdicts
     write_accounts_csv(pl.concat([acc.select(dormant.columns), dormant]), out / "accounts.csv")
     (out / "clusters.json").write_text(json.dumps(clusters, indent=1, default=str) + "\n")
@@ -250,6 +285,8 @@ def detect(paths: list, *, accounts=None, releases=None, out: Path, skip_invalid
         "thresholds": scorer.thresholds,
         "runtime_s": round(runtime, 2),
         "timings": {k: round(v, 2) for k, v in prof.timings().items()},
+        # largest per-stage peak: the process's own peak mark is reset at each stage start
+        "peak_rss_gib": round(prof.max_peak() / 2**30, 3) if prof.enabled else None,
     }
     (out / "run.json").write_text(json.dumps(meta, indent=1) + "\n")
     with prof.stage("report"):

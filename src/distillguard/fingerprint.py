@@ -107,19 +107,26 @@ def gaps(events: pl.LazyFrame) -> pl.LazyFrame:
     )
 
 
-def model_pivot(events: pl.LazyFrame, releases: pl.DataFrame) -> pl.LazyFrame:
+def log_window(events: pl.LazyFrame) -> tuple:
+    """(first, last) timestamp of a log (None, None when empty)."""
+    b = events.select(lo=pl.col("ts").min(), hi=pl.col("ts").max()).collect()
+    return b["lo"][0], b["hi"][0]
+
+
+def model_pivot(events: pl.LazyFrame, releases: pl.DataFrame, window: tuple | None = None
+                ) -> pl.LazyFrame:
     """How fast each account moved to a newly released model.
 
     For every release inside the log's window, looks at the account's exchanges in the 24 h
     after it: ``pivot_share`` = share of those on the new model (max over releases),
     ``pivot_hours`` = hours from the release to the account's first use of it (min).
+    ``window``: the whole log's (first, last) timestamp when ``events`` is one partition.
     """
     empty = pl.LazyFrame(schema={"account_id": pl.String, "pivot_share": pl.Float64,
                                  "pivot_hours": pl.Float64, "pivot_window_n": pl.UInt32})
     if releases.is_empty():
         return empty
-    bounds = events.select(lo=pl.col("ts").min(), hi=pl.col("ts").max()).collect()
-    lo, hi = bounds["lo"][0], bounds["hi"][0]
+    lo, hi = window if window is not None else log_window(events)
     if lo is None:
         return empty
     rel = releases.filter((pl.col("released_at") > lo) & (pl.col("released_at") < hi))
@@ -155,15 +162,20 @@ def account_metadata(events: pl.LazyFrame, accounts: pl.DataFrame) -> pl.LazyFra
     return acc.join(mism, on="account_id", how="left")
 
 
-def account_features(events: pl.LazyFrame, accounts: pl.DataFrame,
-                     releases: pl.DataFrame) -> pl.DataFrame:
-    """All behavioural features, one row per account seen in ``events``."""
+def partition_features(events: pl.LazyFrame, accounts: pl.DataFrame,
+                       releases: pl.DataFrame, window: tuple | None = None) -> pl.DataFrame:
+    """Behavioural features of the accounts of one account partition (or a whole log).
+
+    A pure function of the partition's events plus the global side tables and the log's
+    time ``window``; everything but ``per_day_tier_pct`` (a rank over all accounts, added by
+    :func:`finish_features`). Unsorted.
+    """
     base = volume_timing_shape(events)
     out = (base.join(rhythm(events), on="account_id", how="left")
            .join(gaps(events), on="account_id", how="left")
-           .join(model_pivot(events, releases), on="account_id", how="left")
+           .join(model_pivot(events, releases, window), on="account_id", how="left")
            .join(account_metadata(events, accounts), on="account_id", how="left"))
-    out = out.with_columns(
+    return out.with_columns(
         age_days_at_first_use=((pl.col("first_ts") - pl.col("created_at")).dt.total_seconds()
                                / 86400.0),
         tier=pl.col("tier").fill_null("unknown"),
@@ -171,8 +183,25 @@ def account_features(events: pl.LazyFrame, accounts: pl.DataFrame,
         .cast(pl.Float64),
         verified=pl.col("verified").fill_null(False),
         pivot_share=pl.col("pivot_share").fill_null(0.0),
-    ).with_columns(
+    ).collect(engine="streaming")
+
+
+def finish_features(parts: list[pl.DataFrame]) -> pl.DataFrame:
+    """Concatenate per-partition features and add the cross-account ``per_day_tier_pct``."""
+    out = pl.concat(parts, how="vertical") if len(parts) > 1 else parts[0]
+    return out.with_columns(
         per_day_tier_pct=pl.col("per_day").rank("average").over("tier")
         / pl.len().over("tier"),
-    )
-    return out.collect(engine="streaming").sort("account_id")
+    ).sort("account_id")
+
+
+def account_features(events: pl.LazyFrame | list[pl.LazyFrame], accounts: pl.DataFrame,
+                     releases: pl.DataFrame) -> pl.DataFrame:
+    """All behavioural features, one row per account seen in ``events``.
+
+    ``events`` may be a list of account partitions (``Log.parts``): each is processed on its
+    own (memory bounded by the largest partition) and the results are concatenated.
+    """
+    parts = events if isinstance(events, list) else [events]
+    window = log_window(pl.concat(parts)) if len(parts) > 1 else None
+    return finish_features([partition_features(p, accounts, releases, window) for p in parts])

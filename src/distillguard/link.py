@@ -18,10 +18,15 @@ ids. Kind weights and the linking parameters are data (``signals.yaml``), not li
 from __future__ import annotations
 
 import math
+import tempfile
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import polars as pl
+
+#: pair rows (account pair, kind, weight) built and reduced at a time; more are spilled to disk
+PAIR_CHUNK = 20_000_000
 
 INCIDENCE_SCHEMA = {"account_id": pl.String, "kind": pl.String, "value": pl.String}
 
@@ -44,13 +49,7 @@ class LinkConfig:
     seed: int = 0
 
 
-def incidences(events: pl.LazyFrame, accounts: pl.DataFrame,
-               templates: pl.DataFrame | None, cfg: LinkConfig) -> pl.DataFrame:
-    """Distinct (account_id, kind, value) rows for every linking kind.
-
-    ``templates``: sampled events with ``account_id, ts, template_id`` (or None).
-    """
-    ev = events
+def _event_incidences(ev: pl.LazyFrame, cfg: LinkConfig) -> list[pl.LazyFrame]:
     parts: list[pl.LazyFrame] = []
 
     def _ev(kind: str, expr: pl.Expr) -> None:
@@ -65,6 +64,26 @@ def incidences(events: pl.LazyFrame, accounts: pl.DataFrame,
                                  pl.col("tls_fingerprint")], separator="|"))
     _ev("system_prompt", pl.col("system_hash"))
     _ev("tool_schema", pl.col("tools_hash"))
+    return parts
+
+
+def incidences(events: pl.LazyFrame | list[pl.LazyFrame], accounts: pl.DataFrame,
+               templates: pl.DataFrame | None, cfg: LinkConfig) -> pl.DataFrame:
+    """Distinct (account_id, kind, value) rows for every linking kind.
+
+    ``templates``: sampled events with ``account_id, ts, template_id`` (or None).
+    ``events`` may be a list of account partitions (``Log.parts``): their incidences are
+    collected one partition at a time (an account's values never span partitions).
+    """
+    if isinstance(events, list) and len(events) > 1:
+        parts: list[pl.LazyFrame] = []
+        for ev in events:
+            got = _event_incidences(ev, cfg)
+            if got:
+                parts.append(pl.concat([p.select(list(INCIDENCE_SCHEMA)) for p in got])
+                             .collect(engine="streaming").lazy())
+    else:
+        parts = _event_incidences(events[0] if isinstance(events, list) else events, cfg)
 
     acc = accounts.lazy()
 
@@ -137,40 +156,83 @@ def edges_from_incidences(inc: pl.DataFrame, n_accounts: int, cfg: LinkConfig) -
     kc = g["kc"].to_numpy().astype(np.int64)
     k = g["k"].to_numpy().astype(np.int64)
     gid = g["gid"].to_numpy()
+    del g
     n = len(a)
-    start = np.flatnonzero(np.r_[True, gid[1:] != gid[:-1]])
-    gstart = np.repeat(start, np.diff(np.r_[start, n]))
-    r = np.arange(n) - gstart
     # a value shared by at most full_pairs_max accounts links all pairs (each once); a larger
     # group is a ring lattice: each account to its ring_degree successors
     full = k <= cfg.full_pairs_max
     span = np.where(full, k - 1, min(cfg.ring_degree, cfg.full_pairs_max))
-    i = np.repeat(np.arange(n), span)
-    d = np.arange(len(i)) - np.repeat(np.cumsum(span) - span, span) + 1
-    r2 = (r[i] + d) % k[i]
-    keep = ~full[i] | (r2 > r[i])
-    i, j = i[keep], gstart[i[keep]] + r2[keep]
-    w = kw[kc[i]] * (math.log(n_accounts) - np.log(k[i])) / log_n
-    lo, hi = np.minimum(a[i], a[j]), np.maximum(a[i], a[j])
-    pairs = pl.DataFrame({"p": (lo << 32) | hi, "kc": kc[i], "w": w, "gid": gid[i]})
-    if 2 * min(cfg.ring_degree, cfg.full_pairs_max) > cfg.full_pairs_max:  # a ring may wrap
-        pairs = pairs.unique(["p", "kc", "gid"])
-    # every shared rare value adds evidence, up to a cap per kind and per family, so a pair
-    # sharing many proxy IPs and many templates outweighs one sharing a single address
-    per_kind = (pairs.group_by("p", "kc")
-                .agg(w=pl.col("w").sum().clip(upper_bound=cfg.kind_cap))
-                .with_columns(f=pl.col("kc").replace_strict(list(range(len(kinds))), kfam),
-                              bit=pl.lit(2, pl.Int64).pow(pl.col("kc").cast(pl.Int64))))
-    per_fam = per_kind.group_by("p", "f").agg(
-        w=pl.col("w").sum().clip(upper_bound=cfg.family_cap), m=pl.col("bit").sum())
-    e = (per_fam.group_by("p").agg(weight=pl.col("w").sum(), n_fam=pl.len(), m=pl.col("m").sum())
-         .filter((pl.col("n_fam") >= cfg.min_families) & (pl.col("weight") >= cfg.min_weight)))
+    # pair rows are made and reduced in buckets of the pair key (hash of the account pair),
+    # spilled to disk between the two, so memory is bounded by PAIR_CHUNK, not by the log
+    n_pairs = int(span.sum())
+    n_buckets = max(1, math.ceil(n_pairs / PAIR_CHUNK))
+    ends = np.flatnonzero(np.r_[gid[1:] != gid[:-1], True]) + 1  # group ends
+    cuts = [0]
+    if n_buckets > 1:
+        csum = np.cumsum(span)[ends - 1]
+        cuts += [int(ends[np.searchsorted(csum, c * PAIR_CHUNK, side="right") - 1])
+                 for c in range(1, math.ceil(n_pairs / PAIR_CHUNK))]
+    cuts = sorted(set(cuts + [n]))
+    ring_wraps = 2 * min(cfg.ring_degree, cfg.full_pairs_max) > cfg.full_pairs_max
+
+    def pair_rows(s0: int, s1: int) -> pl.DataFrame:
+        ga = gid[s0:s1]
+        m = s1 - s0
+        start = np.flatnonzero(np.r_[True, ga[1:] != ga[:-1]])
+        gstart = np.repeat(start, np.diff(np.r_[start, m]))
+        r = np.arange(m) - gstart
+        sp, kk, fl = span[s0:s1], k[s0:s1], full[s0:s1]
+        i = np.repeat(np.arange(m), sp)
+        d = np.arange(len(i)) - np.repeat(np.cumsum(sp) - sp, sp) + 1
+        r2 = (r[i] + d) % kk[i]
+        keep = ~fl[i] | (r2 > r[i])
+        i, j = i[keep], gstart[i[keep]] + r2[keep]
+        c = kc[s0:s1][i]
+        w = kw[c] * (math.log(n_accounts) - np.log(kk[i])) / log_n
+        aa = a[s0:s1]
+        lo, hi = np.minimum(aa[i], aa[j]), np.maximum(aa[i], aa[j])
+        return pl.DataFrame({"p": (lo << 32) | hi, "kc": c, "w": w, "gid": ga[i]})
+
+    def reduce(pairs: pl.DataFrame) -> pl.DataFrame:
+        if ring_wraps:  # a ring may wrap
+            pairs = pairs.unique(["p", "kc", "gid"])
+        # every shared rare value adds evidence, up to a cap per kind and per family, so a
+        # pair sharing many proxy IPs and many templates outweighs one sharing one address
+        per_kind = (pairs.group_by("p", "kc")
+                    .agg(w=pl.col("w").sum().clip(upper_bound=cfg.kind_cap))
+                    .with_columns(f=pl.col("kc").replace_strict(list(range(len(kinds))), kfam),
+                                  bit=pl.lit(2, pl.Int64).pow(pl.col("kc").cast(pl.Int64))))
+        per_fam = per_kind.group_by("p", "f").agg(
+            w=pl.col("w").sum().clip(upper_bound=cfg.family_cap), m=pl.col("bit").sum())
+        return (per_fam.group_by("p")
+                .agg(weight=pl.col("w").sum(), n_fam=pl.len(), m=pl.col("m").sum())
+                .filter((pl.col("n_fam") >= cfg.min_families)
+                        & (pl.col("weight") >= cfg.min_weight)))
+
+    if n_buckets == 1:
+        e = reduce(pair_rows(0, n))
+    else:
+        with tempfile.TemporaryDirectory(prefix="distillguard-pairs-") as tmp:
+            for c, (s0, s1) in enumerate(zip(cuts[:-1], cuts[1:])):
+                rows = pair_rows(s0, s1).with_columns(
+                    _b=(pl.col("p").hash(seed=cfg.seed) % n_buckets).cast(pl.UInt32))
+                for (b,), part in rows.partition_by("_b", as_dict=True,
+                                                    include_key=False).items():
+                    part.write_ipc(Path(tmp) / f"b{b:04d}-c{c:05d}.arrow")
+                del rows
+            parts = [sorted(Path(tmp).glob(f"b{b:04d}-*.arrow")) for b in range(n_buckets)]
+            e = pl.concat([reduce(pl.scan_ipc(fs, memory_map=False).collect())
+                           for fs in parts if fs])
     p = e["p"].to_numpy()
     out = pl.DataFrame({"src": ids.gather(p >> 32), "dst": ids.gather(p & 0xFFFFFFFF),
                         "weight": e["weight"], "m": e["m"]})
-    kinds_l = pl.concat_list([pl.when((pl.col("m") // (1 << b)) % 2 == 1).then(pl.lit(kd))
-                              for b, kd in enumerate(kinds)]).list.drop_nulls()
-    return (out.with_columns(kinds=kinds_l).with_columns(n_kinds=pl.col("kinds").list.len())
+    # kind lists decoded once per distinct bit mask (few), then joined on the mask
+    masks = out.select(pl.col("m").unique())["m"].to_list()
+    kinds_of = pl.DataFrame({"m": masks, "kinds": [[kd for b, kd in enumerate(kinds)
+                                                    if (mk >> b) & 1] for mk in masks]},
+                            schema={"m": out.schema["m"], "kinds": pl.List(pl.String)})
+    return (out.join(kinds_of, on="m", how="left")
+            .with_columns(n_kinds=pl.col("kinds").list.len())
             .select(list(schema)).sort("src", "dst").cast(schema))
 
 

@@ -92,13 +92,14 @@ def build_clusters_json(acc: pl.DataFrame, f, log, scorer) -> list[dict]:
     caps = (s.group_by("cluster_id", "task").len()
             .with_columns(share=pl.col("len") / pl.col("len").sum().over("cluster_id")))
     capmap: dict[str, dict] = {}
-    for cid, task, _, share in caps.sort("share", descending=True).iter_rows():
+    caps = caps.sort(["share", "task"], descending=[True, False])
+    for cid, task, _, share in caps.iter_rows():
         capmap.setdefault(cid, {})[task] = round(float(share), 4)
     tmpl = (s.drop_nulls("template_id").group_by("cluster_id", "template_id")
             .agg(accounts=pl.col("account_id").n_unique(), exchanges=pl.len(),
                  example=pl.col("prompt").first())
             .filter(pl.col("accounts") >= 2)
-            .sort(["cluster_id", "exchanges"], descending=[False, True])
+            .sort(["cluster_id", "exchanges", "template_id"], descending=[False, True, False])
             .group_by("cluster_id", maintain_order=True).head(3))
     if tmpl.height:
         tmpl = tmpl.with_columns(example=normalize_prompts(tmpl["example"].fill_null(""))

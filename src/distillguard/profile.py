@@ -6,6 +6,11 @@ high-water mark is reset at every stage start (``/proc/self/clear_refs``), so th
 stage's own; where that is not possible the peak is the process's peak so far
 (``getrusage``), which is still an upper bound.
 
+With ``log`` (a path, appended to, and/or ``echo``, a text stream) every stage start and end,
+and every :meth:`StageProfiler.note`, is written as one line as it happens (flushed), so a run
+that is killed (out of memory, watchdog) still shows which stage it was in and how much memory
+each finished stage took: ``detect`` writes ``profile.log`` into its output directory.
+
 >>> prof = StageProfiler()
 >>> with prof.stage("read"):
 ...     _ = sum(range(1000))
@@ -22,6 +27,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TextIO
 
 __all__ = ["StageProfiler", "StageRecord", "current_rss", "peak_rss", "reset_peak_rss"]
 
@@ -79,24 +85,59 @@ class StageProfiler:
     about memory, for zero overhead), ``reset_peak`` (reset the kernel peak at each stage).
     """
 
-    def __init__(self, *, enabled: bool = True, reset_peak: bool = True) -> None:
+    def __init__(self, *, enabled: bool = True, reset_peak: bool = True,
+                 log: str | Path | None = None, echo: TextIO | None = None) -> None:
         self.enabled = enabled
         self.reset_peak = reset_peak
         self.records_: list[StageRecord] = []
+        self.log_path: Path | None = None
+        self.echo = echo
+        self._t0 = time.perf_counter()
+        self._current: list[str] = []
+        if log is not None:
+            self.set_log(log)
+
+    def set_log(self, path: str | Path) -> None:
+        """Write the live stage log to ``path`` from now on (started afresh, then appended)."""
+        self.log_path = Path(path)
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self.log_path.write_text("", encoding="utf-8")
+
+    def _emit(self, text: str) -> None:
+        if self.log_path is None and self.echo is None:
+            return
+        mem = (f" rss {_gib(current_rss())} peak {_gib(peak_rss())}" if self.enabled else "")
+        line = f"[{time.perf_counter() - self._t0:8.1f}s] {text}{mem}"
+        if self.log_path is not None:
+            with open(self.log_path, "a", encoding="utf-8") as fh:
+                fh.write(line + "\n")
+        if self.echo is not None:
+            print(line, file=self.echo, flush=True)
+
+    def note(self, message: str) -> None:
+        """Log a progress line inside the current stage (time, RSS and peak so far)."""
+        where = self._current[-1] if self._current else "-"
+        self._emit(f"  {where}: {message}")
 
     @contextmanager
     def stage(self, name: str):
         """Time the body as stage ``name`` (recorded even when the body raises)."""
         own = self.enabled and self.reset_peak and reset_peak_rss()
+        self._emit(f"start {name}")
+        self._current.append(name)
         t0 = time.perf_counter()
+        failed = True
         try:
             yield self
+            failed = False
         finally:
             dt = time.perf_counter() - t0
+            self._current.pop()
             if self.enabled:
                 self.records_.append(StageRecord(name, dt, current_rss(), peak_rss(), own))
             else:
                 self.records_.append(StageRecord(name, dt, 0, 0, False))
+            self._emit(f"{'FAILED' if failed else 'end'} {name} {dt:.2f}s")
 
     def timings(self) -> dict[str, float]:
         """Seconds per stage name (repeated names summed), in first-seen order."""

@@ -69,7 +69,8 @@ from .schema import (
 
 __all__ = [
     "LOG_SUFFIXES", "InvalidCounts", "Log", "expand_paths", "iter_event_batches", "read_log",
-    "read_accounts", "read_releases", "read_labels", "stable_hash64",
+    "read_accounts", "read_releases", "read_labels", "stable_hash64", "account_partition",
+    "auto_partitions",
 ]
 
 LOG_SUFFIXES = (".jsonl", ".jsonl.gz", ".jsonl.zst", ".parquet")
@@ -1110,9 +1111,23 @@ class Log:
     n_events: int
     files: list[str]
     cache_path: str | None = None
+    #: one lazy scan per account partition (see ``read_log(partitions=)``); [events] if one
+    parts: list[pl.LazyFrame] = field(default_factory=list)
+    #: this log's events only, per partition (== parts unless read with a history)
+    new_parts: list[pl.LazyFrame] = field(default_factory=list)
+    n_new_events: int | None = None
+    #: inline account fields and first model uses as read (before the tables), for the state
+    inline_accounts: pl.DataFrame | None = None
+    first_seen: pl.DataFrame | None = None
     _tmpdir: str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
+        if not self.parts:
+            self.parts = [self.events]
+        if not self.new_parts:
+            self.new_parts = self.parts
+        if self.n_new_events is None:
+            self.n_new_events = self.n_events
         if self._tmpdir is not None:
             self._finalizer = weakref.finalize(self, shutil.rmtree, self._tmpdir, True)
 
@@ -1128,6 +1143,90 @@ class Log:
         self.close()
 
 
+def account_partition(account_id: pl.Expr, partitions: int) -> pl.Expr:
+    """Partition number (UInt32, ``0 ≤ p < partitions``) of each account id.
+
+    A seeded 64-bit hash of the id modulo ``partitions``: every event of an account lands in
+    the same partition, so per-account stages are pure functions of one partition.
+    """
+    return (account_id.hash(seed=0x5EED) % partitions).cast(pl.UInt32)
+
+
+#: events per account partition aimed at by :func:`auto_partitions`
+PARTITION_EVENTS = 2_000_000
+
+
+def auto_partitions(paths, *, format: str = "auto", per_partition: int = PARTITION_EVENTS
+                    ) -> int:
+    """Account partitions for a log: about one per ``per_partition`` events (at least 1).
+
+    Parquet row counts come from the file footers; JSON Lines are estimated from their size
+    (~1 KB per record, ~5 KB when compressed).
+    """
+    rows = 0
+    for f in expand_paths(paths, format=format):
+        if f.name.endswith(".parquet"):
+            try:
+                rows += pq.ParquetFile(f).metadata.num_rows
+                continue
+            except (OSError, pa.ArrowException):
+                pass  # the reader reports it
+        size = os.path.getsize(f)
+        rows += size // (5000 if f.name.endswith((".gz", ".zst")) else 1000)
+    return max(1, math.ceil(rows / per_partition))
+
+
+_NO_DICT = frozenset(("request_id", "response"))
+
+
+class _PartitionWriter:
+    """Parquet cache writer: one file, or one file per account partition (rows buffered per
+    partition to ``batch_rows`` so row groups stay large)."""
+
+    def __init__(self, paths: list[Path], schema: pa.Schema, batch_rows: int) -> None:
+        self.schema, self.batch_rows = schema, max(1, batch_rows)
+        # no dictionary for the all-distinct columns: trying one costs more than writing
+        dic = [c for c in schema.names if c not in _NO_DICT]
+        self.writers = [pq.ParquetWriter(p, schema, compression="lz4", use_dictionary=dic)
+                        for p in paths]
+        self.pending: list[list[pl.DataFrame]] = [[] for _ in paths]
+        self.rows = [0] * len(paths)
+
+    def _put(self, i: int, frame: pl.DataFrame) -> None:
+        # (string views, compat_level=newest, would save a copy but polars 1.44 exported an
+        # invalid list<string_view> for a concatenated tool_names column at 16M)
+        self.writers[i].write_table(frame.to_arrow().cast(self.schema))
+
+    def _flush(self, i: int) -> None:
+        if self.pending[i]:
+            self._put(i, pl.concat(self.pending[i]))
+            self.pending[i], self.rows[i] = [], 0
+
+    def write(self, frame: pl.DataFrame) -> None:
+        if len(self.writers) == 1:
+            self._put(0, frame)
+            return
+        part = frame.select(account_partition(pl.col("account_id"), len(self.writers)))
+        for (i,), sub in frame.with_columns(_p=part.to_series()).partition_by(
+                "_p", as_dict=True, include_key=False, maintain_order=True).items():
+            self.pending[i].append(sub)
+            self.rows[i] += len(sub)
+            if self.rows[i] >= self.batch_rows:
+                self._flush(i)
+
+    def __enter__(self) -> _PartitionWriter:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        try:
+            if exc[0] is None:
+                for i in range(len(self.writers)):
+                    self._flush(i)
+        finally:
+            for w in self.writers:
+                w.close()
+
+
 def _merge_accounts(acc: pl.DataFrame, new: pl.DataFrame) -> pl.DataFrame:
     """First non-null value per account and field, ``acc`` (earlier) before ``new``."""
     both = pl.concat([acc, new], how="vertical")
@@ -1138,13 +1237,23 @@ def _merge_accounts(acc: pl.DataFrame, new: pl.DataFrame) -> pl.DataFrame:
 def read_log(paths, *, accounts=None, releases=None, skip_invalid: bool = False,
              cache_dir=None, progress: bool = False, batch_rows: int = 100_000,
              format: str = "auto", account_from: str | None = None,
-             ts_from: str | None = None) -> Log:
+             ts_from: str | None = None, partitions: int = 1, history=None) -> Log:
     """Read a traffic log (files/directories), an optional accounts table and releases CSV.
 
     Events are streamed in batches into ``<cache_dir>/events.parquet`` (or a temporary
     directory that :meth:`Log.close` removes), so memory stays bounded by the batch size and
     the number of accounts; ``Log.events`` scans that cache in input order. ``format``,
     ``account_from`` and ``ts_from``: see :func:`iter_event_batches`.
+
+    ``partitions`` > 1 splits the cache by account: ``events-pNNN.parquet`` holds the
+    accounts with :func:`account_partition` ``== NNN``, each account's events in input order.
+    ``Log.parts`` scans one partition each (per-account stages run partition by partition,
+    with bounded memory); ``Log.events`` scans them all (partition order, then input order).
+
+    ``history``: a :class:`distillguard.state.State` of earlier logs (``detect --state``); its
+    events (text-free) come before this log's in every partition, its inline account fields
+    and first model uses are merged as if it had been read first. ``Log.new_parts`` then scan
+    this log's events only (what the prompt sample is drawn from).
     """
     files = expand_paths(paths, format=format)
     table = read_accounts(accounts) if accounts is not None else None
@@ -1156,7 +1265,9 @@ def read_log(paths, *, accounts=None, releases=None, skip_invalid: bool = False,
     else:
         cdir = Path(cache_dir)
         cdir.mkdir(parents=True, exist_ok=True)
-    cache = cdir / "events.parquet"
+    parts = max(1, int(partitions))
+    caches = ([cdir / "events.parquet"] if parts == 1
+              else [cdir / f"events-p{i:03d}.parquet" for i in range(parts)])
     invalid = InvalidCounts()
     arrow_schema = pl.DataFrame(schema=EVENT_SCHEMA).to_arrow().schema
     acc_schema = {k: v for k, v in ACCOUNT_SCHEMA.items()}
@@ -1167,13 +1278,13 @@ def read_log(paths, *, accounts=None, releases=None, skip_invalid: bool = False,
     total = sum(os.path.getsize(f) for f in files)
     event_cols = list(EVENT_SCHEMA)
     try:
-        with _Progress(progress, total) as bar, pq.ParquetWriter(
-                cache, arrow_schema, compression="lz4") as writer:
+        with _Progress(progress, total) as bar, _PartitionWriter(
+                caches, arrow_schema, batch_rows) as writer:
             ctx = _Ctx(skip_invalid, invalid, batch_rows, bar.advance, format=format,
                        account_from=account_from, ts_from=ts_from)
             for _, frame in _iter_frames(files, ctx):
                 n_events += len(frame)
-                writer.write_table(frame.select(event_cols).to_arrow().cast(arrow_schema))
+                writer.write(frame.select(event_cols))
                 pending.append(frame.group_by("account_id", maintain_order=True).agg(
                     [pl.col(f).drop_nulls().first() for f in ACCOUNT_FIELDS]))
                 if len(pending) >= 16:
@@ -1189,6 +1300,19 @@ def read_log(paths, *, accounts=None, releases=None, skip_invalid: bool = False,
         raise
     if pending:
         inline = _merge_accounts(inline, pl.concat(pending))
+    new_parts = [pl.scan_parquet(c) for c in caches]
+    parts, n_new = new_parts, n_events
+    if history is not None:
+        inline = _merge_accounts(conform(history.inline_accounts, ACCOUNT_SCHEMA), inline)
+        first_seen = (pl.concat([history.first_seen.cast(RELEASE_SCHEMA), first_seen])
+                      .group_by("model").agg(pl.col("released_at").min()))
+        old = history.with_text()
+        k = len(new_parts)
+        parts = [pl.concat([old.filter(account_partition(pl.col("account_id"), k) == i)
+                            if k > 1 else old, c]) for i, c in enumerate(new_parts)]
+        n_events += history.n_events
+        for reason, n in history.invalid.items():
+            invalid.add(reason, n)
     if table is not None:
         merged = table.join(inline, on="account_id", how="full", coalesce=True, suffix="_inline",
                             maintain_order="left_right")
@@ -1203,9 +1327,13 @@ def read_log(paths, *, accounts=None, releases=None, skip_invalid: bool = False,
         acc_out = conform(inline, ACCOUNT_SCHEMA)
     releases_out = rel if rel is not None else conform(first_seen.sort("released_at", "model"),
                                                        RELEASE_SCHEMA)
-    return Log(events=pl.scan_parquet(cache), accounts=acc_out, releases=releases_out,
-               invalid=invalid, n_events=n_events, files=[str(f) for f in files],
-               cache_path=str(cache), _tmpdir=tmpdir)
+    return Log(events=pl.concat(parts) if len(parts) > 1 else parts[0], accounts=acc_out,
+               releases=releases_out, invalid=invalid, n_events=n_events,
+               files=[str(f) for f in files],
+               cache_path=str(caches[0]) if len(caches) == 1 else str(cdir),
+               parts=parts, new_parts=new_parts, n_new_events=n_new,
+               inline_accounts=conform(inline, ACCOUNT_SCHEMA),
+               first_seen=conform(first_seen, RELEASE_SCHEMA), _tmpdir=tmpdir)
 
 
 # --------------------------------------------------------------------------------------------

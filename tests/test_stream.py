@@ -190,9 +190,10 @@ def _learn(ev, acc, rel, step=3000):
 
 def test_newcomer_sharing_a_flagged_payment_is_flagged_on_its_first_exchange(sim, log_frames,
                                                                               learned):
-    """Group evidence first: an account whose payment instrument is shared with accounts
-    flagged on their own evidence is `attack` on its first exchange, before any own signal;
-    the same first exchange from an account with its own card is not."""
+    """Group evidence first: an account whose payment instrument is shared with an account
+    flagged on its own evidence (with a score of at least `inherit_seed_min_score`) is
+    `attack` on its first exchange, before any own signal; the same first exchange from an
+    account with its own card is not."""
     ev, acc, rel = log_frames
     labels = pl.read_csv(sim / "labels.csv")
     attack = set(labels.filter(pl.col("label") == "attack")["account_id"])
@@ -200,7 +201,11 @@ def test_newcomer_sharing_a_flagged_payment_is_flagged_on_its_first_exchange(sim
     seeds = [a for a in paid["account_id"].to_list()
              if a in learned.index_ and learned.seed_[learned.index_[a]]]
     assert seeds and set(seeds) <= attack
-    src = paid.filter(pl.col("account_id") == seeds[0])
+    # only a confident seed passes its flag on through the card
+    strong = [a for a in seeds
+              if learned.f_["score"][learned.index_[a]] >= STREAM.inherit_seed_min_score]
+    assert strong
+    src = paid.filter(pl.col("account_id") == strong[0])
     casual = labels.filter(pl.col("segment") == "benign_casual")["account_id"].to_list() \
         if "segment" in labels.columns else []
     benign_ev = ev.filter(pl.col("account_id").is_in(casual or list(
@@ -313,3 +318,26 @@ def test_online_attack_threshold_replaces_the_scorers(log_frames, learned):
             assert own.height > 0 and own["score"].min() >= 1e-6
         else:
             assert own.height == 0 and (out["score"] < 1.0).all()
+
+
+def test_a_weak_seed_does_not_pass_its_flag_through_a_shared_card(sim, log_frames, learned):
+    """One false seed must not flag every colleague on a company card: with
+    `inherit_seed_min_score` above every seed's score, a newcomer on a seed's card is not
+    attack on its first exchange; with 0 it is."""
+    import dataclasses
+
+    ev, acc, rel = log_frames
+    paid = acc.filter(pl.col("payment_fingerprint").is_not_null())
+    seeds = [a for a in paid["account_id"].to_list()
+             if a in learned.index_ and learned.seed_[learned.index_[a]]]
+    src = paid.filter(pl.col("account_id") == seeds[0])
+    first = ev.filter(pl.col("account_id") == seeds[0]).head(1).with_columns(
+        account_id=pl.lit("newcomer"), ts=ev["ts"].max() + pl.duration(minutes=1))
+    got = {}
+    for bar in (1.0, 0.0):
+        det = _learn(ev, pl.concat([acc, src.with_columns(account_id=pl.lit("newcomer"))]), rel)
+        det.signals_ = dataclasses.replace(det.signals_, stream=dataclasses.replace(
+            det.signals_.stream, inherit_seed_min_score=bar))
+        det.score_many(det.learn_many(first))
+        got[bar] = det.state_of("newcomer")["verdict"]
+    assert got[0.0] == "attack" and got[1.0] != "attack"

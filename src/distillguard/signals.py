@@ -77,7 +77,8 @@ class StreamConfig:
     An account inherits ``attack`` (whatever its count) when at least ``inherit_payment``
     seeds share its payment instrument, or when at least ``inherit_linked`` seeds are linked
     to it directly (shared values of ``link.min_families`` families) and its own score is at
-    least ``inherit_linked_min_score``. 0 turns a rule off. ``attack_threshold`` (if set)
+    least ``inherit_linked_min_score``; a seed passes its flag on through a payment instrument
+    only with a score of at least ``inherit_seed_min_score``. 0 turns a rule off. ``attack_threshold`` (if set)
     replaces the scorer's attack threshold online: the online features (sketches, partial
     histories) score differently from batch ones, so the threshold is calibrated on online
     scores of fresh seeds by ``tools/fit_stream.py``.
@@ -90,6 +91,7 @@ class StreamConfig:
     early_attack_threshold: float = 0.0
     attack_threshold: float | None = None
     inherit_payment: int = 0
+    inherit_seed_min_score: float = 0.0
     inherit_linked: int = 0
     inherit_linked_min_score: float = 0.5
 
@@ -104,6 +106,8 @@ class StreamConfig:
             raise TypeError("early_exchanges must be >= 0, early_attack_threshold in 0..1")
         if not 0.0 <= self.inherit_linked_min_score <= 1.0:
             raise TypeError("inherit_linked_min_score must be in 0..1")
+        if not 0.0 <= self.inherit_seed_min_score <= 1.0:
+            raise TypeError("inherit_seed_min_score must be in 0..1")
         if self.attack_threshold is not None and not 0.0 < self.attack_threshold <= 1.0:
             raise TypeError("attack_threshold must be in (0, 1]")
 

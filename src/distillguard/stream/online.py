@@ -756,7 +756,13 @@ class OnlineDetector:
             why = None
             key = int(self.meta_["paykey"][i])
             lst = vindex.get(key) if cfg.inherit_payment and key else None
-            if lst and int(seed[lst].sum()) - int(seed[i]) >= cfg.inherit_payment:
+            # only a confident seed passes its flag on (one false seed would otherwise flag
+            # every colleague on a company card)
+            strong = (seed[lst] & (self.f_["score"][lst] >= cfg.inherit_seed_min_score)
+                      if lst else None)
+            if lst and int(strong.sum()) - int(seed[i] and self.f_["score"][i]
+                                                >= cfg.inherit_seed_min_score) \
+                    >= cfg.inherit_payment:
                 why = "payment_shared_with_flagged"
             elif (cfg.inherit_linked and i in self.strong_
                   and int(seed[self.strong_[i]].sum()) >= cfg.inherit_linked):

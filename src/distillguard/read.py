@@ -70,7 +70,7 @@ from .schema import (
 __all__ = [
     "LOG_SUFFIXES", "InvalidCounts", "Log", "expand_paths", "iter_event_batches", "read_log",
     "read_accounts", "read_releases", "read_labels", "stable_hash64", "account_partition",
-    "auto_partitions",
+    "auto_partitions", "normalize_record", "records_frame", "InvalidRecord",
 ]
 
 LOG_SUFFIXES = (".jsonl", ".jsonl.gz", ".jsonl.zst", ".parquet")
@@ -132,8 +132,13 @@ class InvalidCounts:
         return f"InvalidCounts(total={self.total}, {self.as_dict()})"
 
 
-class _Bad(Exception):
-    """A contract violation found in one record (internal, cheap)."""
+class InvalidRecord(Exception):
+    """A contract violation found in one record by :func:`normalize_record`.
+
+    ``reason`` is the counting key used by ``--skip-invalid`` (e.g. ``bad_type:temperature``),
+    ``field`` the field at fault, ``msg`` the human message. Callers that know the record's
+    position turn it into an :class:`~distillguard.errors.InputError`
+    (see ``stream.normalize``)."""
 
     def __init__(self, reason: str, field: str | None, msg: str) -> None:
         self.reason, self.field, self.msg = reason, field, msg
@@ -149,8 +154,8 @@ def _tname(v: object) -> str:
             int: "an integer", float: "a number"}.get(type(v), type(v).__name__)
 
 
-def _bad_type(f: str, v: object, want: str) -> _Bad:
-    return _Bad(f"bad_type:{f}", f, f"expected {want}, got {_tname(v)} {_short(v)}")
+def _bad_type(f: str, v: object, want: str) -> InvalidRecord:
+    return InvalidRecord(f"bad_type:{f}", f, f"expected {want}, got {_tname(v)} {_short(v)}")
 
 
 class _Ctx:
@@ -196,8 +201,8 @@ def _ts_us(v: object, f: str = "ts") -> int:
         except ValueError:
             try:
                 return _ts_us(float(s), f)
-            except (ValueError, _Bad):
-                raise _Bad("bad_ts" if f == "ts" else f"bad_type:{f}", f,
+            except (ValueError, InvalidRecord):
+                raise InvalidRecord("bad_ts" if f == "ts" else f"bad_type:{f}", f,
                            f"unparsable timestamp {_short(v)}") from None
         if dt.tzinfo is None:
             dt = dt.replace(tzinfo=timezone.utc)
@@ -205,14 +210,14 @@ def _ts_us(v: object, f: str = "ts") -> int:
         return (d.days * 86400 + d.seconds) * 1_000_000 + d.microseconds
     if t is int or t is float:
         if not (math.isfinite(v) and -_MAX_EPOCH_S <= v <= _MAX_EPOCH_S):
-            raise _Bad("bad_ts" if f == "ts" else f"bad_type:{f}", f,
+            raise InvalidRecord("bad_ts" if f == "ts" else f"bad_type:{f}", f,
                        f"epoch seconds out of range {_short(v)}")
         return v * 1_000_000 if t is int else round(v * 1e6)
     if isinstance(v, datetime):  # Parquet timestamp columns on the per-row path
         dt = v if v.tzinfo is not None else v.replace(tzinfo=timezone.utc)
         d = dt - _EPOCH
         return (d.days * 86400 + d.seconds) * 1_000_000 + d.microseconds
-    raise _Bad("bad_ts" if f == "ts" else f"bad_type:{f}", f,
+    raise InvalidRecord("bad_ts" if f == "ts" else f"bad_type:{f}", f,
                f"unparsable timestamp: expected RFC 3339 string or epoch seconds, "
                f"got {_tname(v)} {_short(v)}")
 
@@ -238,7 +243,7 @@ def _as_int(v: object, f: str) -> int | None:
     elif t is str:
         try:
             return _as_int(int(v.strip()), f)
-        except (ValueError, _Bad):
+        except (ValueError, InvalidRecord):
             pass
     raise _bad_type(f, v, "an integer")
 
@@ -398,7 +403,7 @@ def _tools(v: object) -> str:
     return "\x1f".join(sorted(names))
 
 
-# Column order of the per-record tuples built by _norm (ts and created_at as epoch µs).
+# Column order of the per-record tuples built by normalize_record (ts and created_at as epoch µs).
 _PY_COLS = (
     "ts", "account_id", "request_id", "api_key_id", "model", "prompt", "system", "n_turns",
     "n_user_turns", "tool_names", "has_tool_results", "has_image", "response", "input_tokens",
@@ -410,16 +415,20 @@ _PY_DTYPES = {**EVENT_SCHEMA, **ACCOUNT_SCHEMA, "ts": pl.Int64, "created_at": pl
               **{c: pl.Boolean for c in _FLAG_COLS}}
 
 
-def _norm(rec: dict) -> tuple:
-    """Validate and normalise one raw record; raises :class:`_Bad`."""
+def normalize_record(rec: dict) -> tuple:
+    """Validate and normalise one raw contract record (a dict as read from JSON Lines).
+
+    Returns a tuple in the column order of :func:`records_frame`; raises
+    :class:`InvalidRecord`. The file readers, the format converters and the online path
+    (``stream.normalize``) all use this one function, so a record means the same everywhere."""
     g = rec.get
     ts = g("ts")
     if ts is None:
-        raise _Bad("missing_ts", "ts", "missing timestamp")
+        raise InvalidRecord("missing_ts", "ts", "missing timestamp")
     ts = _ts_us(ts)
     acc = g("account_id")
     if acc is None or acc == "":
-        raise _Bad("missing_account_id", "account_id", "missing account_id")
+        raise InvalidRecord("missing_account_id", "account_id", "missing account_id")
     if type(acc) is not str:
         if type(acc) is not int or type(acc) is bool:
             raise _bad_type("account_id", acc, "a string")
@@ -434,7 +443,7 @@ def _norm(rec: dict) -> tuple:
     has_prompt = bool(prompt)
     if not has_msgs or not msgs:
         if not has_prompt:
-            raise _Bad("missing_prompt", "prompt", "record has neither messages nor prompt")
+            raise InvalidRecord("missing_prompt", "prompt", "record has neither messages nor prompt")
         m_prompt = m_sys = None
         n_turns = n_user = 1
         tr = img = False
@@ -469,8 +478,9 @@ def _norm(rec: dict) -> tuple:
     )
 
 
-def _py_frame(rows: list[tuple]) -> pl.DataFrame:
-    """Frame from _norm tuples (columnar construction), finished to the event schema."""
+def records_frame(rows: list[tuple]) -> pl.DataFrame:
+    """Event frame (EVENT_SCHEMA + inline account fields) from :func:`normalize_record`
+    tuples, built column by column."""
     cols = list(zip(*rows)) if rows else [()] * len(_PY_COLS)
     df = pl.DataFrame([pl.Series(name, list(vals), dtype=_PY_DTYPES[name], strict=False)
                        for name, vals in zip(_PY_COLS, cols)])
@@ -628,7 +638,7 @@ def _iter_jsonl(path: Path, ctx: _Ctx) -> Iterator[pl.DataFrame]:
         yield from _iter_jsonl_mapped(path, ctx, conv)
         return
     rows: list[tuple] = []
-    loads, JSONDecodeError, norm = orjson.loads, orjson.JSONDecodeError, _norm
+    loads, JSONDecodeError, norm = orjson.loads, orjson.JSONDecodeError, normalize_record
     for lineno, line in _numbered_lines(path, ctx):
         try:
             rec = loads(line)
@@ -645,14 +655,14 @@ def _iter_jsonl(path: Path, ctx: _Ctx) -> Iterator[pl.DataFrame]:
             continue
         try:
             rows.append(norm(rec))
-        except _Bad as b:
+        except InvalidRecord as b:
             ctx.bad(path, b.reason, b.field, b.msg, line=lineno)
             continue
         if len(rows) >= ctx.batch_rows:
-            yield _py_frame(rows)
+            yield records_frame(rows)
             rows = []
     if rows:
-        yield _py_frame(rows)
+        yield records_frame(rows)
 
 
 def _mapped_records(path: Path, ctx: _Ctx, conv: Converter) -> Iterator[tuple[dict, tuple]]:
@@ -679,8 +689,8 @@ def _mapped_records(path: Path, ctx: _Ctx, conv: Converter) -> Iterator[tuple[di
                 try:
                     if type(out) is RecordError:
                         raise out
-                    yield out, _norm(out)
-                except (_Bad, RecordError) as b:
+                    yield out, normalize_record(out)
+                except (InvalidRecord, RecordError) as b:
                     ctx.bad(path, b.reason, b.field, b.msg + suffix, line=lineno)
         except RecordError as b:  # the line as a whole cannot be mapped
             ctx.records += 1
@@ -693,10 +703,10 @@ def _iter_jsonl_mapped(path: Path, ctx: _Ctx, conv: Converter) -> Iterator[pl.Da
     for _, row in _mapped_records(path, ctx, conv):
         rows.append(row)
         if len(rows) >= ctx.batch_rows:
-            yield _py_frame(rows)
+            yield records_frame(rows)
             rows = []
     if rows:
-        yield _py_frame(rows)
+        yield records_frame(rows)
 
 
 # --------------------------------------------------------------------------------------------
@@ -769,7 +779,7 @@ def _vec_ts(s: pl.Series, f: str) -> tuple[pl.Series, pl.Series]:
         def parse(v: str) -> int | None:
             try:
                 return _ts_us(v, f)
-            except _Bad:
+            except InvalidRecord:
                 return None
         us = _map_unique(s.cast(pl.String), parse, pl.Int64)
     bad = s.is_not_null() & us.is_null()
@@ -976,12 +986,12 @@ def _parquet_batch(path: Path, ctx: _Ctx, batch: pa.RecordBatch, g: int, offset:
         try:
             for c in _JSON_COLS:
                 if type(rec.get(c)) is _BadJSON:
-                    raise _Bad(f"bad_type:{c}", c, f"invalid JSON string {_short(str(rec[c]))}")
-            rows.append(_norm(rec))
-        except _Bad as b:
+                    raise InvalidRecord(f"bad_type:{c}", c, f"invalid JSON string {_short(str(rec[c]))}")
+            rows.append(normalize_record(rec))
+        except InvalidRecord as b:
             ctx.bad(path, b.reason, b.field, b.msg, row_group=g, row=offset + i)
     if rows:
-        yield _py_frame(rows)
+        yield records_frame(rows)
 
 
 # --------------------------------------------------------------------------------------------
@@ -1398,7 +1408,7 @@ def read_accounts(path) -> pl.DataFrame:
         try:
             acc = rec.get("account_id")
             if acc is None or acc == "":
-                raise _Bad("missing_account_id", "account_id", "missing account_id")
+                raise InvalidRecord("missing_account_id", "account_id", "missing account_id")
             acc = _as_str(acc, "account_id")
             created = rec.get("created_at")
             if created == "":
@@ -1406,7 +1416,7 @@ def read_accounts(path) -> pl.DataFrame:
             row = (acc, None if created is None else _ts_us(created, "created_at"),
                    *(_as_str(rec.get(f) or None, f) for f in _ACC_STR_FIELDS),
                    _as_bool(rec.get("verified"), "verified"))
-        except _Bad as b:
+        except InvalidRecord as b:
             raise InputError(b.msg, path=str(path), field=b.field, reason=b.reason,
                              **_where(unit, i)) from None
         if acc in seen:
@@ -1442,13 +1452,13 @@ def read_releases(path) -> pl.DataFrame:
         try:
             m = rec.get("model")
             if m is None or m == "":
-                raise _Bad("missing_model", "model", "missing model")
+                raise InvalidRecord("missing_model", "model", "missing model")
             t = rec.get("released_at")
             if t is None or t == "":
-                raise _Bad("missing_released_at", "released_at", "missing released_at")
+                raise InvalidRecord("missing_released_at", "released_at", "missing released_at")
             models.append(_as_str(m, "model"))
             times.append(_ts_us(t, "released_at"))
-        except _Bad as b:
+        except InvalidRecord as b:
             raise InputError(b.msg, path=str(path), field=b.field, reason=b.reason,
                              **_where(unit, i)) from None
     df = pl.DataFrame({"model": pl.Series(models, dtype=pl.String),
@@ -1477,16 +1487,16 @@ def read_labels(path) -> pl.DataFrame:
         try:
             acc = rec.get("account_id")
             if acc is None or acc == "":
-                raise _Bad("missing_account_id", "account_id", "missing account_id")
+                raise InvalidRecord("missing_account_id", "account_id", "missing account_id")
             label = rec.get("label")
             if label not in ("attack", "benign"):
-                raise _Bad("bad_label", "label",
+                raise InvalidRecord("bad_label", "label",
                            f"label must be 'attack' or 'benign', got {_short(label)}")
             out["account_id"].append(_as_str(acc, "account_id"))
             out["label"].append(label)
             out["campaign"].append(_as_str(rec.get("campaign") or None, "campaign"))
             out["segment"].append(_as_str(rec.get("segment") or None, "segment"))
-        except _Bad as b:
+        except InvalidRecord as b:
             raise InputError(b.msg, path=str(path), field=b.field, reason=b.reason,
                              **_where(unit, i)) from None
     schema = {**LABEL_SCHEMA, "segment": pl.String}

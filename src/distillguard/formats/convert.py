@@ -14,11 +14,11 @@ from ..errors import ConfigError, InputError
 from ..read import (
     _PY_COLS,
     InvalidCounts,
-    _Bad,
+    InvalidRecord,
     _converter,
     _Ctx,
     _mapped_records,
-    _norm,
+    normalize_record,
     _py_rows_parquet,
     expand_paths,
 )
@@ -147,8 +147,8 @@ def _records(path: Path, ctx: _Ctx):
                 for i, rec in enumerate(_py_rows_parquet(batch)):
                     ctx.records += 1
                     try:
-                        yield rec, _norm(rec)
-                    except _Bad as b:
+                        yield rec, normalize_record(rec)
+                    except InvalidRecord as b:
                         ctx.bad(path, b.reason, b.field, b.msg, row_group=g, row=off + i)
                 off += batch.num_rows
     except (OSError, pa.ArrowException) as e:

@@ -1,6 +1,6 @@
 """Contract records (dicts, e.g. a decision request) → the normalised event frame.
 
-Uses the reader's own record normaliser, so a record means the same online as in a log file;
+Uses the reader's public record normaliser (``read.normalize_record``), so a record means the same online as in a log file;
 a bad record raises :class:`~distillguard.errors.InputError` naming its position and field.
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 import polars as pl
 
 from ..errors import InputError
-from ..read import _Bad, _norm, _py_frame
+from ..read import InvalidRecord, normalize_record, records_frame
 
 
 def normalize_records(records: list[dict], *, source: str = "request") -> pl.DataFrame:
@@ -19,11 +19,11 @@ def normalize_records(records: list[dict], *, source: str = "request") -> pl.Dat
         if not isinstance(rec, dict):
             raise InputError("record is not a JSON object", path=source, row=i)
         try:
-            rows.append(_norm(rec))
-        except _Bad as bad:
+            rows.append(normalize_record(rec))
+        except InvalidRecord as bad:
             raise InputError(bad.msg, path=source, row=i, field=bad.field,
                              reason=bad.reason) from None
-    return _py_frame(rows)
+    return records_frame(rows)
 
 
 def check_record(rec: dict, *, source: str = "request", row: int = 0) -> None:
@@ -31,7 +31,7 @@ def check_record(rec: dict, *, source: str = "request", row: int = 0) -> None:
     if not isinstance(rec, dict):
         raise InputError("record is not a JSON object", path=source, row=row)
     try:
-        _norm(rec)
-    except _Bad as bad:
+        normalize_record(rec)
+    except InvalidRecord as bad:
         raise InputError(bad.msg, path=source, row=row, field=bad.field,
                          reason=bad.reason) from None

@@ -20,6 +20,7 @@ import igraph as ig
 import numpy as np
 import polars as pl
 
+from .link import rare_values
 from .schema import TASKS
 
 MEMBERSHIP_SCHEMA = {"account_id": pl.String, "cluster_id": pl.String}
@@ -83,9 +84,7 @@ def merge_clusters(membership: pl.DataFrame, inc: pl.DataFrame, *, kinds: list[s
         return membership
     n_acc = max(inc["account_id"].n_unique(), 3)
     big = membership.filter(pl.len().over("cluster_id") >= min_size)
-    cv = (inc.filter(pl.col("kind").is_in(kinds))
-          .with_columns(k=pl.len().over("kind", "value"))
-          .filter((pl.col("k") >= 2) & (pl.col("k") <= max(2, int(max_share * n_acc))))
+    cv = (rare_values(inc, kinds, max(2, int(max_share * n_acc)))
           .join(big, on="account_id")
           .select("cluster_id", "kind", "value").unique())
     if cv.is_empty():

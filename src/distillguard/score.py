@@ -148,7 +148,7 @@ class Scorer:
         raw = _sigmoid(self._signals().strengths(features) @ self.coef_ + self.intercept_)
         # the attack threshold is fitted where it can act: on accounts with coordination
         # evidence (solo accounts are capped below attack by ``cap_solo``)
-        can_attack = self.cap_solo(np.full(len(y), "attack"), features) == "attack"
+        can_attack = ~self.solo(features)
         benign = np.sort(raw[(y == 0) & can_attack])
         self.threshold_attack_ = float(_upper_quantile(benign, self.target_fpr))
         self.threshold_suspicious_ = float(min(
@@ -160,9 +160,15 @@ class Scorer:
         X = self._signals().strengths(features)
         return _sigmoid(X @ coef + b)
 
-    def decide(self, scores: np.ndarray) -> np.ndarray:
-        """Verdicts from scores: attack / suspicious / benign."""
+    def decide(self, scores: np.ndarray, *, attack: float | None = None) -> np.ndarray:
+        """Verdicts from scores: attack / suspicious / benign.
+
+        ``attack`` replaces the attack threshold (the online detector's own, calibrated on
+        online scores); the suspicious threshold is never above it.
+        """
         _, _, t_att, t_sus = self._params()
+        if attack is not None:
+            t_att, t_sus = attack, min(t_sus, attack)
         return np.where(scores >= t_att, "attack",
                         np.where(scores >= t_sus, "suspicious", "benign"))
 
@@ -184,16 +190,21 @@ class Scorer:
         verdict = self.cap_solo(self.decide(s), features)
         return ScoredAccounts(score=s, verdict=verdict, reasons=self.reasons(features))
 
-    def cap_solo(self, verdict: np.ndarray, features: pl.DataFrame) -> np.ndarray:
-        """Lower ``attack`` to ``solo_max_verdict`` for accounts with no coordination."""
+    def solo(self, features: pl.DataFrame) -> np.ndarray:
+        """Accounts ``cap_solo`` holds below ``attack``: no cluster and no link (none when
+        ``solo_max_verdict`` is ``attack``)."""
         if self.solo_max_verdict == "attack":
-            return verdict
+            return np.zeros(features.height, bool)
         size = (features["c_size"].fill_null(1.0).to_numpy() if "c_size" in features.columns
                 else np.ones(features.height))
         deg = (features["link_degree"].fill_null(0.0).to_numpy()
                if "link_degree" in features.columns else np.zeros(features.height))
-        solo = (size <= 1) & (deg <= 0)
-        return np.where(solo & (verdict == "attack"), self.solo_max_verdict, verdict)
+        return (size <= 1) & (deg <= 0)
+
+    def cap_solo(self, verdict: np.ndarray, features: pl.DataFrame) -> np.ndarray:
+        """Lower ``attack`` to ``solo_max_verdict`` for accounts with no coordination."""
+        return np.where(self.solo(features) & (verdict == "attack"), self.solo_max_verdict,
+                        verdict)
 
     # -- persistence -------------------------------------------------------------------
     def to_dict(self, *, trained_on: dict | None = None) -> dict:
@@ -282,8 +293,7 @@ def lift_solo(scorer: Scorer, scored: ScoredAccounts, features: pl.DataFrame,
     if lift is None or rare is None or rare.is_empty():
         return scored
     floor = scorer.thresholds["attack"] if lift.min_score is None else lift.min_score
-    solo = scorer.cap_solo(np.full(len(scored.score), "attack"), features) != "attack"
-    capped = (scored.verdict != "attack") & (scored.score >= floor) & solo
+    capped = (scored.verdict != "attack") & (scored.score >= floor) & scorer.solo(features)
     if not capped.any():
         return scored
     ids = features["account_id"]

@@ -26,7 +26,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import sqlite3
 import threading
 import time
 from collections import Counter
@@ -237,15 +236,13 @@ class ConsumerCheckpoint:
     """Detector state, progress and the not-yet-acknowledged ids in one SQLite row."""
 
     def __init__(self, path: Path) -> None:
+        from .replay import open_checkpoint_db
+
         self.path = Path(path)
-        self.db = sqlite3.connect(self.path)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=FULL")
-        self.db.execute("CREATE TABLE IF NOT EXISTS consumer_checkpoint (id INTEGER PRIMARY "
-                        "KEY, source TEXT, events_done INTEGER, alerts_bytes INTEGER, "
-                        "n_alerts INTEGER, invalid TEXT, unacked TEXT, state BLOB, "
-                        "saved_at TEXT)")
-        self.db.commit()
+        self.db = open_checkpoint_db(
+            self.path, "CREATE TABLE IF NOT EXISTS consumer_checkpoint (id INTEGER PRIMARY "
+            "KEY, source TEXT, events_done INTEGER, alerts_bytes INTEGER, "
+            "n_alerts INTEGER, invalid TEXT, unacked TEXT, state BLOB, saved_at TEXT)")
 
     def load(self):
         return self.db.execute("SELECT source, events_done, alerts_bytes, n_alerts, invalid, "

@@ -322,7 +322,6 @@ class OnlineDetector:
             C["session"] += np.bincount(gu, g > 1800.0, minlength=len(C["n"])).astype(np.int64)
             F["gap_sum"] += np.bincount(gu, g, minlength=len(C["n"]))
             F["gap_sq"] += np.bincount(gu, g * g, minlength=len(C["n"]))
-        col = lambda c: ev[c].to_numpy()[order] if c in ev.columns else None  # noqa: E731
         nut = ev["n_user_turns"].fill_null(1).to_numpy()[order]
         C["single"][u] += seg(nut <= 1).astype(np.int64)
         C["tool"][u] += seg(ev["tool_names"].list.len().fill_null(0).to_numpy()[order] > 0) \
@@ -700,10 +699,8 @@ class OnlineDetector:
         res = self.scorer_.run(feats)
         t_att = self.signals_.stream.attack_threshold
         if t_att is not None:  # calibrated on online scores (tools/fit_stream.py)
-            t_sus = min(self.scorer_.thresholds["suspicious"], t_att)
-            res.verdict = self.scorer_.cap_solo(np.where(
-                res.score >= t_att, "attack",
-                np.where(res.score >= t_sus, "suspicious", "benign")), feats)
+            res.verdict = self.scorer_.cap_solo(self.scorer_.decide(res.score, attack=t_att),
+                                                feats)
         score = np.round(res.score, 6)
         self.f_["score"][idx] = score
         n = self.c_["n"][idx]

@@ -62,18 +62,25 @@ class ReplayResult:
                 f"{self.out / 'clusters.json'}")
 
 
+def open_checkpoint_db(path: Path, create_table: str) -> sqlite3.Connection:
+    """A checkpoint database: WAL journal, full fsync on commit, its table created."""
+    db = sqlite3.connect(Path(path))
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=FULL")
+    db.execute(create_table)
+    db.commit()
+    return db
+
+
 class Checkpoint:
     """Detector state + progress in one SQLite row, replaced atomically."""
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
-        self.db = sqlite3.connect(self.path)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=FULL")
-        self.db.execute("CREATE TABLE IF NOT EXISTS checkpoint (id INTEGER PRIMARY KEY, "
-                        "events_done INTEGER, alerts_bytes INTEGER, n_alerts INTEGER, "
-                        "params TEXT, state BLOB, saved_at TEXT)")
-        self.db.commit()
+        self.db = open_checkpoint_db(
+            self.path, "CREATE TABLE IF NOT EXISTS checkpoint (id INTEGER PRIMARY KEY, "
+            "events_done INTEGER, alerts_bytes INTEGER, n_alerts INTEGER, "
+            "params TEXT, state BLOB, saved_at TEXT)")
 
     def load(self) -> tuple[int, int, int, str, bytes] | None:
         row = self.db.execute("SELECT events_done, alerts_bytes, n_alerts, params, state "

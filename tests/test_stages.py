@@ -147,10 +147,15 @@ def test_scorer_rejects_a_model_for_other_signals(tmp_path):
         Scorer.load(path)
 
 
-def test_lift_solo_needs_a_rare_address_shared_with_a_flagged_account():
+def _solo_lift(**kw):
+    from distillguard.signals import Lift
+    return Lift(name="solo", groups=(("ip",),), reason="rare_ip_shared_with_flagged_accounts",
+                solo_only=True, flagged=("attack", "suspicious"), **kw)
+
+
+def test_solo_lift_needs_a_rare_address_shared_with_a_flagged_account():
     from distillguard.link import rare_values
-    from distillguard.score import ScoredAccounts, lift_solo
-    from distillguard.signals import SoloLift
+    from distillguard.score import ScoredAccounts, apply_lifts
 
     # solo accounts with an attack-level score: "lone" shares a proxy IP with a flagged
     # account, "crowd" only a CGNAT address held by 40 accounts, "quiet" shares its IP with
@@ -166,10 +171,10 @@ def test_lift_solo_needs_a_rare_address_shared_with_a_flagged_account():
     score = np.array([0.95, 0.95, 0.95, 0.6, 0.1] + [0.1] * 39)
     verdict = np.array(["suspicious"] * 4 + ["benign"] * 40)  # the first three were capped
     scored = ScoredAccounts(score=score, verdict=verdict, reasons=["single_turn"] * 44)
-    lift = SoloLift(kinds=("ip",), max_holders=30, min_flagged_peers=1)
+    lift = _solo_lift(max_holders=30, min_flagged_peers=1)
     rare = rare_values(inc, lift.kinds, lift.max_holders)
     assert "100.64.0.1" not in rare["value"].to_list()
-    out = lift_solo(scorer, scored, feats, rare, lift)
+    out = apply_lifts(scorer, scored, feats, rare, (lift,))
     got = dict(zip(ids, out.verdict))
     assert got["lone"] == "attack"
     assert got["crowd"] == "suspicious" and got["quiet"] == "suspicious"
@@ -178,19 +183,73 @@ def test_lift_solo_needs_a_rare_address_shared_with_a_flagged_account():
     assert out.reasons[1] == "single_turn"
     np.testing.assert_array_equal(out.score, score)
     # two flagged peers required: nobody is lifted
-    out2 = lift_solo(scorer, scored, feats, rare, SoloLift(kinds=("ip",), min_flagged_peers=2))
+    out2 = apply_lifts(scorer, scored, feats, rare, (_solo_lift(min_flagged_peers=2),))
     assert list(out2.verdict) == list(verdict)
     # no lift configured: unchanged
-    assert lift_solo(scorer, scored, feats, rare, None) is scored
+    assert apply_lifts(scorer, scored, feats, rare, ()) is scored
+    # solo_only: the same account with an edge is not the solo lift's business
+    linked = feats.with_columns(link_degree=pl.Series([1.0] + [0.0] * 43))
+    assert apply_lifts(scorer, scored, linked, rare, (lift,)).verdict[0] == "suspicious"
 
 
-def test_solo_lift_config_errors_name_the_file(tmp_path):
+def test_multi_evidence_lift_counts_independent_kinds_of_ties_to_attack_accounts():
+    from distillguard.link import rare_values
+    from distillguard.score import ScoredAccounts, apply_lifts
+    from distillguard.signals import Lift
+
+    # "x" (clustered, score 0.8) shares a rare IP and its /24, a client stack and a template
+    # with attack accounts: three groups. "y" shares the IP, the /24 and the client: two
+    # groups (IP and /24 are one). "z" has three groups but with a suspicious account only.
+    # "w" has three groups but a score below min_score.
+    rows = []
+    for acc, peer, kinds in [("x", "a1", ["ip", "ip_prefix"]), ("x", "a2", ["client", "template"]),
+                             ("y", "a1", ["ip", "ip_prefix", "client"]),
+                             ("z", "s1", ["ip", "client", "template"]),
+                             ("w", "a1", ["ip", "client", "template"])]:
+        for k in kinds:
+            v = f"{k}-{acc}-{peer}"
+            rows += [(acc, k, v), (peer, k, v)]
+    inc = pl.DataFrame(rows, schema=["account_id", "kind", "value"], orient="row")
+    ids = ["x", "y", "z", "w", "a1", "a2", "s1"]
+    feats = pl.DataFrame({"account_id": ids, "c_size": [5.0] * 7, "link_degree": [2.0] * 7})
+    scorer = Scorer(signals=load_signals())
+    score = np.array([0.8, 0.8, 0.8, 0.5, 0.99, 0.99, 0.6])
+    verdict = np.array(["suspicious"] * 4 + ["attack", "attack", "suspicious"])
+    scored = ScoredAccounts(score=score, verdict=verdict, reasons=[""] * 7)
+    lift = Lift(name="m", groups=(("ip", "ip_prefix"), ("client",), ("template",)),
+                reason="rare_values_shared_with_flagged_accounts", min_groups=3, min_score=0.7)
+    rare = rare_values(inc, lift.kinds, 30)
+    out = apply_lifts(scorer, scored, feats, rare, (lift,))
+    assert dict(zip(ids, out.verdict)) == {
+        "x": "attack", "y": "suspicious", "z": "suspicious", "w": "suspicious",
+        "a1": "attack", "a2": "attack", "s1": "suspicious"}
+    assert out.reasons[0] == "rare_values_shared_with_flagged_accounts"
+    # two groups suffice at min_groups 2: y too; a value held by more accounts than
+    # max_holders does not count
+    two = Lift(**{**lift.__dict__, "min_groups": 2})
+    assert apply_lifts(scorer, scored, feats, rare, (two,)).verdict[1] == "attack"
+    few = Lift(**{**lift.__dict__, "min_groups": 2, "max_holders": 1})
+    assert list(apply_lifts(scorer, scored, feats, rare, (few,)).verdict) == list(verdict)
+
+
+def test_lift_config_errors_name_the_file_and_line(tmp_path):
     bad = tmp_path / "s.yaml"
-    bad.write_text("version: 1\nthresholds: {attack: 0.8, suspicious: 0.5}\n"
-                   "link: {kind_weights: {ip: 1.0}}\nsolo_lift:\n  kinds: [ipp]\n")
-    with pytest.raises(ConfigError, match=r"s.yaml:5: solo_lift: kinds must be link kinds"):
+    head = ("version: 1\nthresholds: {attack: 0.8, suspicious: 0.5}\n"
+            "link: {kind_weights: {ip: 1.0}}\nlifts:\n")
+    bad.write_text(head + "  - name: a\n    groups: [[ipp]]\n    reason: r\n")
+    with pytest.raises(ConfigError, match=r"s.yaml:5: lift 'a': groups must be lists of link"):
         load_signals(bad)
-    assert load_signals().solo_lift.kinds == ("ip", "ip_prefix")
+    bad.write_text(head + "  - name: a\n    groups: [[ip]]\n    reason: r\n    min_groups: 2\n")
+    with pytest.raises(ConfigError, match=r"s.yaml:5: lift 'a': .*min_groups"):
+        load_signals(bad)
+    bad.write_text(head + "  - name: a\n    groups: [[ip]]\n    reason: r\n    mni_score: 1\n")
+    with pytest.raises(ConfigError, match=r"s.yaml:5: lift 'a': unknown key\(s\) \['mni_score'\]"):
+        load_signals(bad)
+    bad.write_text(head + "  - name: a\n    groups: [[ip]]\n")
+    with pytest.raises(ConfigError, match=r"s.yaml:5: lift 'a': needs name, groups and reason"):
+        load_signals(bad)
+    assert [lf.name for lf in load_signals().lifts] == ["solo_rare_ip", "multi_evidence"]
+
 
 
 def test_merge_clusters_joins_fragments_that_share_a_proxy_pool():

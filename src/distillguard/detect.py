@@ -27,7 +27,7 @@ from .fingerprint import account_features
 from .link import edges_from_incidences, incidences, rare_values
 from .profile import StageProfiler
 from .read import Log, auto_partitions, read_log
-from .score import Scorer, lift_solo
+from .score import Scorer, apply_lifts
 from .signals import SignalSet, load_signals
 from .state import load_state, write_state
 
@@ -44,7 +44,7 @@ class Features:
     #: the prompt sample with its sampling hash ``_h`` (what ``--state`` keeps)
     hashed_sample: pl.DataFrame | None = None
     timings: dict[str, float] = field(default_factory=dict)
-    rare: pl.DataFrame | None = None  # rare network values (for score.lift_solo)
+    rare: pl.DataFrame | None = None  # rare linking values (for score.apply_lifts)
 
 
 @dataclass
@@ -125,8 +125,9 @@ def build_features(log: Log, signals: SignalSet, *, max_prompts: int = 64, seed:
                          cfg)
         prof.note(f"{inc.height:,} incidences")
         edges = edges_from_incidences(inc, feats.height, cfg)
-        lift = signals.solo_lift
-        rare = rare_values(inc, lift.kinds, lift.max_holders) if lift is not None else None
+        lifts = signals.lifts
+        rare = (rare_values(inc, sorted({k for lf in lifts for k in lf.kinds}),
+                            max(lf.max_holders for lf in lifts)) if lifts else None)
     with stage("cluster", "Leiden clusters and group features"):
         cl = signals.cluster
         membership = leiden_clusters(edges, min_size=int(cl.get("min_size", 3)),
@@ -237,8 +238,8 @@ def detect(paths: list, *, accounts=None, releases=None, out: Path, skip_invalid
                            progress=progress,
                            prior_sample=history.sample if history is not None else None)
         with stage("score", "scoring"):
-            scored = lift_solo(scorer, scorer.run(f.accounts), f.accounts, f.rare,
-                               signals.solo_lift)
+            scored = apply_lifts(scorer, scorer.run(f.accounts), f.accounts, f.rare,
+                                 signals.lifts)
         acc = f.accounts.with_columns(
             score=pl.Series(np.round(scored.score, 6)),
             verdict=pl.Series(scored.verdict, dtype=pl.String),

@@ -240,27 +240,41 @@ def rare_values(inc: pl.DataFrame, kinds: tuple[str, ...] | list[str],
                 max_holders: int) -> pl.DataFrame:
     """Incidences of ``kinds`` whose value is held by 2..``max_holders`` accounts.
 
-    Small (rare values only); kept after linking so that a later pass can ask which
-    accounts share such a value (see ``score.lift_solo``) without re-reading the events.
+    Small (rare values only), with each value's ``holders``; kept after linking so that a
+    later pass can ask which accounts share such a value (see ``score.apply_lifts``) without
+    re-reading the events.
     """
     if inc.is_empty():
-        return inc.select("account_id", "kind", "value")
+        return inc.select("account_id", "kind", "value", holders=pl.lit(0, pl.UInt32))
     return (inc.filter(pl.col("kind").is_in(list(kinds)))
-            .with_columns(k=pl.len().over("kind", "value"))
-            .filter((pl.col("k") >= 2) & (pl.col("k") <= max_holders))
-            .select("account_id", "kind", "value"))
+            .with_columns(holders=pl.len().over("kind", "value").cast(pl.UInt32))
+            .filter((pl.col("holders") >= 2) & (pl.col("holders") <= max_holders))
+            .select("account_id", "kind", "value", "holders"))
 
 
 def peers_among(rare: pl.DataFrame, accounts: pl.Series | list[str],
-                among: pl.Series | list[str]) -> pl.DataFrame:
-    """For each of ``accounts``: how many other accounts of ``among`` share a rare value.
+                among: pl.Series | list[str], groups: tuple[tuple[str, ...], ...] | None = None,
+                max_holders: int | None = None) -> pl.DataFrame:
+    """For each of ``accounts``: the other accounts of ``among`` it shares a rare value with.
 
-    Returns ``account_id, peers`` for the accounts with at least one such peer.
+    Returns ``account_id, peers`` (distinct such accounts) and ``groups`` (how many of
+    ``groups`` — lists of kinds — the shared values come from; default: each kind its own
+    group) for the accounts with at least one such peer. ``max_holders`` narrows ``rare``.
     """
+    if max_holders is not None and "holders" in rare.columns:
+        rare = rare.filter(pl.col("holders") <= max_holders)
+    if groups is None:
+        groups = tuple((k,) for k in rare["kind"].unique().sort().to_list())
+    group_of = pl.DataFrame({"kind": [k for g in groups for k in g],
+                             "group": [i for i, g in enumerate(groups) for _ in g]},
+                            schema={"kind": pl.String, "group": pl.UInt32})
+    rare = rare.join(group_of, on="kind")
     left = rare.filter(pl.col("account_id").is_in(pl.Series(accounts, dtype=pl.String)
                                                   .implode()))
-    right = rare.filter(pl.col("account_id").is_in(pl.Series(among, dtype=pl.String)
-                                                   .implode())).rename({"account_id": "peer"})
+    right = (rare.filter(pl.col("account_id").is_in(pl.Series(among, dtype=pl.String)
+                                                    .implode()))
+             .select("kind", "value", peer="account_id"))
     return (left.join(right, on=["kind", "value"])
             .filter(pl.col("account_id") != pl.col("peer"))
-            .group_by("account_id").agg(peers=pl.col("peer").n_unique()))
+            .group_by("account_id").agg(peers=pl.col("peer").n_unique(),
+                                        groups=pl.col("group").n_unique()))

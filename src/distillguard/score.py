@@ -25,7 +25,7 @@ import numpy as np
 import polars as pl
 
 from .errors import ConfigError
-from .signals import SignalSet, SoloLift, load_signals
+from .signals import Lift, SignalSet, load_signals
 
 MODEL_FORMAT = "distillguard-scorer"
 MODEL_FORMAT_VERSION = 1
@@ -278,32 +278,40 @@ def _upper_quantile(sorted_benign: np.ndarray, fpr: float) -> float:
     return float(np.nextafter(sorted_benign[idx], 1.0))
 
 
-def lift_solo(scorer: Scorer, scored: ScoredAccounts, features: pl.DataFrame,
-              rare: pl.DataFrame | None, lift: SoloLift | None) -> ScoredAccounts:
-    """Second pass over accounts that ``cap_solo`` held below ``attack``.
+def apply_lifts(scorer: Scorer, scored: ScoredAccounts, features: pl.DataFrame,
+                rare: pl.DataFrame | None, lifts: tuple[Lift, ...]) -> ScoredAccounts:
+    """Second passes over accounts the first pass left below ``attack`` (see ``Lift``).
 
-    Such an account becomes ``attack`` when it shares a rare value (``rare``: incidences of
-    ``lift.kinds`` held by few accounts, from ``link.rare_values``) with at least
-    ``lift.min_flagged_peers`` accounts whose first-pass verdict is in ``lift.flagged``; its
-    reasons start with ``lift.reason``. Scores do not change: this is a decision on the
-    evidence the cap asks for, not a new score.
+    ``rare``: incidences of the lifts' kinds held by few accounts, with their ``holders``
+    (``link.rare_values``). Each lift, in order, turns an account into ``attack`` when the
+    rare values it shares with accounts flagged so far come from enough evidence groups;
+    its reasons start with the lift's ``reason``. Scores do not change: this is a decision
+    on coordination evidence the single-account score cannot see, not a new score.
     """
     from .link import peers_among
 
-    if lift is None or rare is None or rare.is_empty():
-        return scored
-    floor = scorer.thresholds["attack"] if lift.min_score is None else lift.min_score
-    capped = (scored.verdict != "attack") & (scored.score >= floor) & scorer.solo(features)
-    if not capped.any():
+    if not lifts or rare is None or rare.is_empty():
         return scored
     ids = features["account_id"]
-    flagged = ids.filter(pl.Series(np.isin(scored.verdict, list(lift.flagged))))
-    peers = peers_among(rare, ids.filter(pl.Series(capped)), flagged)
-    lifted = peers.filter(pl.col("peers") >= lift.min_flagged_peers)["account_id"]
-    mask = ids.is_in(lifted.implode()).to_numpy() & capped
-    if not mask.any():
-        return scored
-    reasons = [(f"{lift.reason};{r}".rstrip(";") if m else r)
-               for m, r in zip(mask, scored.reasons)]
-    return ScoredAccounts(score=scored.score, verdict=np.where(mask, "attack", scored.verdict),
-                          reasons=reasons)
+    solo = scorer.solo(features)
+    verdict, reasons = scored.verdict, list(scored.reasons)
+    for lift in lifts:
+        floor = scorer.thresholds["attack"] if lift.min_score is None else lift.min_score
+        cand = (verdict != "attack") & (scored.score >= floor)
+        if lift.solo_only:
+            cand &= solo
+        if not cand.any():
+            continue
+        flagged = ids.filter(pl.Series(np.isin(verdict, list(lift.flagged))))
+        peers = peers_among(rare.filter(pl.col("kind").is_in(list(lift.kinds))),
+                            ids.filter(pl.Series(cand)), flagged, groups=lift.groups,
+                            max_holders=lift.max_holders)
+        lifted = peers.filter((pl.col("peers") >= lift.min_flagged_peers)
+                              & (pl.col("groups") >= lift.min_groups))["account_id"]
+        mask = ids.is_in(lifted.implode()).to_numpy() & cand
+        if not mask.any():
+            continue
+        reasons = [(f"{lift.reason};{r}".rstrip(";") if m else r)
+                   for m, r in zip(mask, reasons)]
+        verdict = np.where(mask, "attack", verdict)
+    return ScoredAccounts(score=scored.score, verdict=verdict, reasons=reasons)

@@ -11,7 +11,7 @@ Errors name the file and line (``signals.yaml:12: signal 'x': unknown key 'hgih'
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from importlib import resources
 from pathlib import Path
 
@@ -44,24 +44,33 @@ class Signal:
 
 
 @dataclass(frozen=True)
-class SoloLift:
-    """Second look at accounts capped below ``attack`` for lack of coordination evidence.
+class Lift:
+    """A second look at accounts the first pass left below ``attack`` (``score.apply_lifts``).
 
-    A capped account (score at or above the attack threshold — or ``min_score`` if set —, no
-    cluster, no edge) is judged ``attack`` after all when it shares a *rare* value of one of
-    ``kinds`` (held by at most ``max_holders`` accounts) with at least ``min_flagged_peers``
-    other accounts whose first-pass verdict is in ``flagged``: low-and-slow campaigns spread over residential
-    proxies leave too few shared values per pair for a two-family edge, but their members
-    still reuse the same proxy exits.
+    An account whose verdict is not ``attack``, whose score is at least ``min_score`` (None:
+    the attack threshold) and — with ``solo_only`` — that has no cluster and no edge, becomes
+    ``attack`` when it shares *rare* values (held by 2..``max_holders`` accounts) with
+    accounts whose verdict is in ``flagged``, in at least ``min_groups`` of the evidence
+    ``groups`` (each a list of link kinds that say the same thing: a shared IP implies a
+    shared /24), and with at least ``min_flagged_peers`` such accounts in all. Its reasons
+    then start with ``reason``; its score does not change. Lifts run in file order, each on
+    the verdicts the previous ones left.
     """
 
-    kinds: tuple[str, ...] = ("ip", "ip_prefix")
+    name: str
+    groups: tuple[tuple[str, ...], ...]
+    reason: str
+    min_groups: int = 1
+    solo_only: bool = False
     #: lowest score considered (None: the attack threshold, i.e. only accounts the cap held)
     min_score: float | None = None
     max_holders: int = 30
     min_flagged_peers: int = 1
-    flagged: tuple[str, ...] = ("attack", "suspicious")
-    reason: str = "rare_ip_shared_with_flagged_accounts"
+    flagged: tuple[str, ...] = ("attack",)
+
+    @property
+    def kinds(self) -> tuple[str, ...]:
+        return tuple(k for g in self.groups for k in g)
 
 
 @dataclass(frozen=True)
@@ -120,8 +129,8 @@ class SignalSet:
     thresholds: dict[str, float]
     link: LinkConfig
     cluster: dict = field(default_factory=dict)
-    #: when a capped solo account may still be judged ``attack`` (score.lift_solo)
-    solo_lift: SoloLift | None = None
+    #: when an account below ``attack`` is judged ``attack`` after all (score.apply_lifts)
+    lifts: tuple[Lift, ...] = ()
     source: str = ""
     stream: StreamConfig = field(default_factory=StreamConfig)
 
@@ -149,7 +158,7 @@ class SignalSet:
 
 _SIGNAL_KEYS = {"id", "description", "weight", "type", "feature", "lo", "hi", "direction",
                 "of", "level"}
-_TOP_KEYS = {"version", "signals", "intercept", "thresholds", "link", "cluster", "solo_lift",
+_TOP_KEYS = {"version", "signals", "intercept", "thresholds", "link", "cluster", "lifts",
              "stream"}
 
 
@@ -219,21 +228,42 @@ def load_signals(path: str | Path | None = None) -> SignalSet:
     thresholds = strip_lines(doc.get("thresholds", {}) or {})
     if set(thresholds) != {"attack", "suspicious"}:
         raise ConfigError(f"{name}: thresholds must give 'attack' and 'suspicious'")
-    lift = None
-    if doc.get("solo_lift"):
-        lift_raw = strip_lines(doc["solo_lift"])
-        try:
-            lift = SoloLift(**{k: (tuple(v) if isinstance(v, list) else v)
-                               for k, v in lift_raw.items()})
-        except TypeError as err:
-            raise ConfigError(f"{name}: solo_lift: {err}") from None
-        bad = [k for k in lift.kinds if k not in link.kind_weights]
-        if bad or lift.min_flagged_peers < 1 or lift.max_holders < 2:
-            raise ConfigError(f"{name}:{doc['solo_lift'].get('__line__', '?')}: solo_lift: kinds "
-                              f"must be link kinds (unknown: {bad}), min_flagged_peers >= 1, "
-                              f"max_holders >= 2")
+    lifts = _lifts(doc.get("lifts") or [], link, name)
     return SignalSet(version=int(doc.get("version", 1)), signals=tuple(signals),
                      intercept=float(doc.get("intercept", 0.0)),
                      thresholds={k: float(v) for k, v in thresholds.items()}, link=link,
-                     cluster=strip_lines(doc.get("cluster", {}) or {}), solo_lift=lift,
+                     cluster=strip_lines(doc.get("cluster", {}) or {}), lifts=lifts,
                      source=name, stream=stream)
+
+
+_LIFT_KEYS = {f.name for f in fields(Lift)}
+
+
+def _lifts(raw: list, link: LinkConfig, name: str) -> tuple[Lift, ...]:
+    """Validate the ``lifts:`` list into :class:`Lift` objects (errors name the line)."""
+    if not isinstance(raw, list):
+        raise ConfigError(f"{name}: lifts must be a list of lift rules")
+    out = []
+    for item in raw:
+        line = item.get("__line__", "?") if isinstance(item, dict) else "?"
+        where = f"{name}:{line}: lift '{item.get('name', '?') if isinstance(item, dict) else item}'"
+        if not isinstance(item, dict):
+            raise ConfigError(f"{where}: must be a mapping")
+        vals = strip_lines(item)
+        unknown = sorted(set(vals) - _LIFT_KEYS)
+        if unknown:
+            raise ConfigError(f"{where}: unknown key(s) {unknown}")
+        try:
+            groups = tuple(tuple(g) for g in vals.pop("groups"))
+            lift = Lift(groups=groups, **{k: (tuple(v) if isinstance(v, list) else v)
+                                          for k, v in vals.items()})
+        except (KeyError, TypeError) as err:
+            raise ConfigError(f"{where}: needs name, groups and reason ({err})") from None
+        bad = [k for k in lift.kinds if k not in link.kind_weights]
+        if (bad or not lift.groups or not 1 <= lift.min_groups <= len(lift.groups)
+                or lift.min_flagged_peers < 1 or lift.max_holders < 2):
+            raise ConfigError(f"{where}: groups must be lists of link kinds (unknown: {bad}), "
+                              f"1 <= min_groups <= number of groups, min_flagged_peers >= 1, "
+                              f"max_holders >= 2")
+        out.append(lift)
+    return tuple(out)

@@ -306,3 +306,26 @@ def test_calibrate_refits_thresholds_on_fresh_accounts_only():
     assert s.to_dict()["n_calibration"] == 6000
     with pytest.raises(ConfigError, match="not fitted"):
         Scorer().calibrate(fc, yc)
+
+
+def test_attach_flagged_joins_strongly_tied_loose_attack_accounts_only():
+    from distillguard.cluster import attach_flagged
+
+    # C0001: a campaign cluster (3 attack members); C0002: a benign office.
+    memb = pl.DataFrame({"account_id": ["a1", "a2", "a3", "o1", "o2", "o3"],
+                         "cluster_id": ["C0001"] * 3 + ["C0002"] * 3})
+    verdict = pl.DataFrame({
+        "account_id": ["a1", "a2", "a3", "o1", "o2", "o3", "x", "weak", "calm", "near"],
+        "verdict": ["attack"] * 3 + ["benign"] * 3 + ["attack", "attack", "benign", "attack"]})
+    # x: strong ties to the campaign; weak: one weak tie; calm: strong ties but not attack;
+    # near: strong ties to the office only (not a campaign cluster)
+    edges = pl.DataFrame({
+        "src": ["a1", "a2", "a1", "a1", "a2", "o1", "o2"],
+        "dst": ["x", "x", "weak", "calm", "calm", "near", "near"],
+        "weight": [6.0, 5.0, 2.0, 6.0, 6.0, 6.0, 6.0]})
+    out = attach_flagged(memb, verdict, edges, min_weight=10)
+    assert dict(out.iter_rows()) == {**dict(memb.iter_rows()), "x": "C0001"}
+    # a lower bar takes the weak tie too; unchanged without edges
+    low = attach_flagged(memb, verdict, edges, min_weight=1)
+    assert dict(low.iter_rows())["weak"] == "C0001"
+    assert attach_flagged(memb, verdict, edges.head(0), min_weight=1).equals(memb)

@@ -227,3 +227,41 @@ def _sample_cluster_stats(s: pl.DataFrame) -> pl.DataFrame:
     )
     return tstats.join(sync, on="cluster_id", how="full", coalesce=True).join(
         conc, on="cluster_id", how="full", coalesce=True)
+
+
+def attach_flagged(membership: pl.DataFrame, verdict: pl.DataFrame, edges: pl.DataFrame, *,
+                   min_weight: float, min_attack_share: float = 0.5) -> pl.DataFrame:
+    """Put ``attack`` accounts that Leiden left outside every cluster into the campaign
+    cluster they are strongly tied to.
+
+    CPM's density bar leaves out members of a big campaign whose ties are real but spread
+    over a few hundred accounts. ``verdict``: ``account_id, verdict`` after scoring. A
+    *campaign cluster* has at least ``min_attack_share`` of its members ``attack``. Each
+    unclustered attack account joins the campaign cluster with the largest total edge weight
+    to it, if that weight is at least ``min_weight`` (ties: lower cluster id); weaker ties
+    are left alone, because campaigns that buy from the same proxy providers share some
+    infrastructure with each other. Returns the membership with the attached rows added.
+    """
+    if membership.is_empty() or edges.is_empty():
+        return membership
+    v = verdict.select("account_id", "verdict")
+    share = (membership.join(v, on="account_id", how="left")
+             .group_by("cluster_id").agg(att=(pl.col("verdict") == "attack").mean()))
+    camp = membership.join(share.filter(pl.col("att") >= min_attack_share)
+                           .select("cluster_id"), on="cluster_id", how="semi")
+    loose = (v.filter(pl.col("verdict") == "attack")
+             .join(membership, on="account_id", how="anti").select("account_id"))
+    if camp.is_empty() or loose.is_empty():
+        return membership
+    both = pl.concat([edges.select(a="src", b="dst", w="weight"),
+                      edges.select(a="dst", b="src", w="weight")])
+    best = (both.join(loose, left_on="a", right_on="account_id", how="semi")
+            .join(camp, left_on="b", right_on="account_id")
+            .group_by("a", "cluster_id").agg(w=pl.col("w").sum())
+            .filter(pl.col("w") >= min_weight)
+            .sort(["a", "w", "cluster_id"], descending=[False, True, False])
+            .group_by("a", maintain_order=True).first()
+            .select(account_id="a", cluster_id="cluster_id"))
+    if best.is_empty():
+        return membership
+    return pl.concat([membership, best.cast(membership.schema)]).sort("account_id")

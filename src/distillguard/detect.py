@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -20,7 +20,8 @@ import polars as pl
 from rich.console import Console
 
 from . import __version__
-from .cluster import cluster_features, leiden_clusters, merge_clusters, neighbour_features
+from .cluster import (attach_flagged, cluster_features, leiden_clusters, merge_clusters,
+                      neighbour_features)
 from .content_signals import content_features, merge_samples, sample_prompts
 from .errors import ConfigError
 from .fingerprint import account_features
@@ -254,6 +255,20 @@ def detect(paths: list, *, accounts=None, releases=None, out: Path, skip_invalid
                                                            separator=";", ignore_nulls=True)
                                              .str.strip_chars(";"))
                 .otherwise("reasons"))
+        attach = signals.cluster.get("attach")
+        if attach:
+            membership = attach_flagged(f.membership, acc, f.edges,
+                                        min_weight=float(attach["min_weight"]),
+                                        min_attack_share=float(attach.get("min_attack_share",
+                                                                          0.5)))
+            added = membership.join(f.membership, on="account_id", how="anti")
+            if not added.is_empty():
+                prof.note(f"{added.height:,} unclustered attack accounts attached to clusters")
+                acc = acc.with_columns(cluster_id=pl.coalesce(
+                    "cluster_id", pl.col("account_id").replace_strict(
+                        added["account_id"], added["cluster_id"], default=None,
+                        return_dtype=pl.String)))
+                f = replace(f, membership=membership)
         with stage("explain", "building cluster evidence"):
             clusters = build_clusters_json(acc, f, log, scorer)
         # accounts known only from the accounts table (no traffic) are listed too

@@ -8,6 +8,7 @@ row per account. The streaming path computes the same features from the same exp
 Feature families (names are the column names of the result):
 
 - volume: ``n_exchanges``, ``active_days``, ``per_day`` (exchanges per active day),
+  ``daily_max_share`` (share of active days at the account's own maximum daily count),
   ``active_day_share`` (active days / calendar days between first and last use),
   ``per_day_tier_pct`` (percentile of ``per_day`` within the account's tier)
 - timing: ``hour_entropy`` / ``weekday_entropy`` (normalised 0..1), ``active_hours`` (hours of
@@ -35,6 +36,11 @@ import polars as pl
 #: sign-up paths the threat model names as most abused (cheap, lightly verified)
 LIGHTLY_VERIFIED_TIERS = ("education", "research", "startup", "free")
 
+
+#: ``daily_max_share`` needs this many active days and a daily maximum of at least this many
+#: exchanges (with fewer, every day of a light user ties at its maximum of 1 or 2)
+DAILY_MAX_MIN_DAYS = 4
+DAILY_MAX_MIN_COUNT = 3
 
 def _entropy(counts: pl.Expr, k: int) -> pl.Expr:
     p = counts / counts.sum()
@@ -83,7 +89,8 @@ def volume_timing_shape(events: pl.LazyFrame) -> pl.LazyFrame:
 
 
 def rhythm(events: pl.LazyFrame) -> pl.LazyFrame:
-    """Hour-of-day / weekday entropy and the number of active hours, per account."""
+    """Hour-of-day / weekday entropy, the number of active hours and ``daily_max_share``
+    (share of active days at the account's own maximum daily count), per account."""
     by_hour = (events.group_by("account_id", pl.col("ts").dt.hour().alias("h")).len()
                .group_by("account_id").agg(
                    hour_entropy=_entropy(pl.col("len").cast(pl.Float64), 24),
@@ -91,7 +98,15 @@ def rhythm(events: pl.LazyFrame) -> pl.LazyFrame:
     by_wd = (events.group_by("account_id", pl.col("ts").dt.weekday().alias("d")).len()
              .group_by("account_id").agg(
                  weekday_entropy=_entropy(pl.col("len").cast(pl.Float64), 7)))
-    return by_hour.join(by_wd, on="account_id", how="left")
+    # a script throttled to a per-account daily quota rides it day after day: the same
+    # count, the account's own maximum, on many of its days (people vary from day to day)
+    by_day = (events.group_by("account_id", pl.col("ts").dt.date().alias("d")).len()
+              .group_by("account_id").agg(
+                  daily_max_share=pl.when((pl.len() >= DAILY_MAX_MIN_DAYS)
+                                          & (pl.col("len").max() >= DAILY_MAX_MIN_COUNT))
+                  .then((pl.col("len") == pl.col("len").max()).mean()).otherwise(0.0)))
+    return (by_hour.join(by_wd, on="account_id", how="left")
+            .join(by_day, on="account_id", how="left"))
 
 
 def gaps(events: pl.LazyFrame) -> pl.LazyFrame:

@@ -59,7 +59,10 @@ def test_online_features_equal_batch(log_frames, learned):
     exact = ["n_exchanges", "active_days", "single_turn_share", "thinking_share",
              "max_tokens_cap_share", "hour_entropy", "weekday_entropy", "fast_gap_share",
              "session_gap_share", "span_days", "country_mismatch_share", "pivot_share",
-             "temperature_std", "age_days_at_first_use", "risky_tier", "per_day"]
+             "temperature_std", "age_days_at_first_use", "risky_tier", "per_day",
+             "daily_max_share"]
+    # chunks of 3,000 events split days: the online daily counts carry over chunk ends
+    assert (j["daily_max_share"] > 0).sum() >= 10
     for c in exact:
         a = j[c].cast(pl.Float64).fill_null(0).to_numpy()
         b = j[c + "_on"].cast(pl.Float64).fill_null(0).to_numpy()

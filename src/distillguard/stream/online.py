@@ -33,7 +33,7 @@ from ..cluster import cluster_features
 from ..content import load_default, normalize_prompts, predict_tasks
 from ..content_signals import VALUABLE_TASKS
 from ..detect import attach_cluster_features, load_scorer
-from ..fingerprint import LIGHTLY_VERIFIED_TIERS
+from ..fingerprint import DAILY_MAX_MIN_COUNT, DAILY_MAX_MIN_DAYS, LIGHTLY_VERIFIED_TIERS
 from ..schema import EVENT_SCHEMA, TASKS, conform
 from ..signals import load_signals
 
@@ -41,7 +41,8 @@ HLL_P = 6
 HLL_M = 1 << HLL_P
 HLL_KINDS = ("keys", "ips", "prefixes", "asns", "countries", "clients", "models")
 COUNTERS = ("n", "days", "single", "tool", "tool_result", "thinking", "logprobs", "cap_count",
-            "fast", "session", "mismatch", "cls_n", "cot", "sens")
+            "fast", "session", "mismatch", "cls_n", "cot", "sens",
+            "day_n", "day_max", "day_atmax")   # exchanges today; max / days at max before
 FLOATS = ("first_ts", "last_ts", "last_day", "cap_max", "temp_n", "temp_sum", "temp_sq",
           "in_tok", "out_tok", "in_n", "out_n", "gap_sum", "gap_sq", "created_at",
           "score", "next_check")
@@ -310,6 +311,7 @@ class OnlineDetector:
         def seg(x):  # per-account sums of a per-event array in sorted order
             return np.add.reduceat(np.asarray(x, dtype=np.float64), start)
 
+        self._learn_days(a_s, first, new_day, seen_before)
         F["first_ts"][u] = np.where(n_before > 0, F["first_ts"][u], ts_s[start])
         F["last_ts"][u] = ts_s[start + cnt - 1]
         F["last_day"][u] = day[start + cnt - 1]
@@ -415,6 +417,34 @@ class OnlineDetector:
             self._link(inc)
         due = u[C["n"][u] >= F["next_check"][u]]
         return due
+
+    def _learn_days(self, a_s: np.ndarray, first: np.ndarray, new_day: np.ndarray,
+                    seen_before: np.ndarray) -> None:
+        """Daily counts for ``daily_max_share``, in three counters per account: exchanges on
+        the current day, and the maximum daily count of the completed days with the number
+        of days at it. ``a_s`` sorted by account in time order; ``first`` marks each
+        account's first event of the batch; ``new_day`` an event opening a day."""
+        C = self.c_
+        run = np.flatnonzero(new_day | first)             # each run: one account, one day
+        racc = a_s[run]
+        rcnt = np.diff(np.r_[run, len(a_s)])
+        cont = first[run] & ~new_day[run]                   # continues the stored current day
+        rtot = rcnt + np.where(cont, C["day_n"][racc], 0)
+        last = np.r_[racc[1:] != racc[:-1], True]           # the account's last run: today
+        ended = first[run] & new_day[run] & seen_before[run]  # the stored day is over
+        done_acc = np.r_[racc[~last], racc[ended]]
+        done_tot = np.r_[rtot[~last], C["day_n"][racc[ended]]]
+        if len(done_acc):
+            ua, inv = np.unique(done_acc, return_inverse=True)
+            top = np.zeros(len(ua), np.int64)
+            np.maximum.at(top, inv, done_tot)
+            old = C["day_max"][ua]
+            new = np.maximum(old, top)
+            C["day_atmax"][ua] = (np.where(old == new, C["day_atmax"][ua], 0)
+                                  + np.bincount(inv, done_tot == new[inv], minlength=len(ua))
+                                  .astype(np.int64))
+            C["day_max"][ua] = new
+        C["day_n"][racc[last]] = rtot[last]
 
     def _learn_content(self, ev: pl.DataFrame, rows: np.ndarray, acc: np.ndarray,
                        ts: np.ndarray) -> None:
@@ -569,11 +599,17 @@ class OnlineDetector:
         valuable = task[:, [TASKS.index(t) for t in VALUABLE_TASKS]].sum(axis=1)
         reuse, shared = self._template_shares(idx, cls)
         per_day = C["n"] / days
+        # daily_max_share as fingerprint.rhythm: the current day counts as it stands
+        top = np.maximum(C["day_max"], C["day_n"])
+        at_top = np.where(C["day_max"] == top, C["day_atmax"], 0) + (C["day_n"] == top)
+        daily_max = np.where((C["days"] >= DAILY_MAX_MIN_DAYS) & (top >= DAILY_MAX_MIN_COUNT),
+                             at_top / days, 0.0)
         cols = {
             "account_id": pl.Series([self.ids_[i] for i in idx], dtype=pl.String),
             "n_exchanges": C["n"].astype(np.int64), "active_days": C["days"].astype(np.int64),
             "per_day": per_day,
             "per_day_tier_pct": self._tier_pct(idx, per_day),
+            "daily_max_share": daily_max,
             # whole seconds, as polars' total_seconds() in the batch features
             "span_days": np.trunc((F["last_ts"] - F["first_ts"]) / _US) / 86400.0,
             "hour_entropy": _entropy_rows(hour, 24),

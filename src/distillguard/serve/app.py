@@ -25,6 +25,14 @@ from ..errors import InputError
 from .engine import DecisionEngine
 
 
+class ThinkingConfig(msgspec.Struct, kw_only=True):
+    """Anthropic's form of ``thinking``: ``{"type": "enabled", "budget_tokens": N}`` (or
+    ``{"type": "disabled"}``); the contract reader counts it as the budget (0 if disabled)."""
+
+    type: Annotated[str, msgspec.Meta(description="enabled | disabled")]
+    budget_tokens: Annotated[int, msgspec.Meta(ge=0)] | None = None
+
+
 class DecideRequest(msgspec.Struct, kw_only=True):
     """One request's metadata (contract.md §1 fields); ``prompt`` / ``messages`` optional.
     Other fields (e.g. inline account fields such as ``verified``) are passed on as sent."""
@@ -41,7 +49,7 @@ class DecideRequest(msgspec.Struct, kw_only=True):
     tools: list[dict[str, Any]] | None = None
     max_tokens: int | None = None
     temperature: float | None = None
-    thinking: bool | int | None = None
+    thinking: bool | int | ThinkingConfig | None = None
     logprobs: bool | int | None = None
     ip: str | None = None
     asn: int | None = None

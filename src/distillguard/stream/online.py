@@ -47,6 +47,7 @@ FLOATS = ("first_ts", "last_ts", "last_day", "cap_max", "temp_n", "temp_sum", "t
           "score", "next_check")
 HH_K = 8                      # templates tracked per account
 MAX_RELEASES = 16
+CACHE_MAX = 1 << 15           # classifier answers / template ids cached (by text hash)
 VERDICT_CODE = {"benign": 0, "suspicious": 1, "attack": 2}
 VERDICT_NAME = np.array(["benign", "suspicious", "attack"])
 KINDS = ("ip", "ip_prefix", "client", "payment", "email_domain", "signup_burst",
@@ -147,6 +148,10 @@ class OnlineDetector:
         self.signals_ = load_signals(self.signals_path)
         self.scorer_ = load_scorer(self.model_path, self.signals_)
         self.classifier_ = load_default()
+        if self.classifier_ is not None:
+            # column-major, so that the transposed copy the classifier makes of its weights
+            # on every call (16 MB, ~4 ms: half the cost of classifying a chunk) is a view
+            self.classifier_.coef_ = np.asfortranarray(self.classifier_.coef_)
         cfg = self.signals_.link
         fam_of = {k: i for i, (_, ks) in enumerate(sorted(cfg.families.items())) for k in ks}
         self.kind_family_ = np.array([fam_of.get(k, 7) for k in KINDS], dtype=np.int64)
@@ -189,6 +194,8 @@ class OnlineDetector:
         self.strong_: dict[int, list[int]] = {}       # direct links (min_families families)
         self.members_: dict[int, list[int]] = {}
         self.t0_ = None
+        self.task_cache_: dict[int, tuple[int, int, int]] = {}
+        self.tid_cache_: dict[int, int] = {}
 
     def _grow(self, need: int) -> None:
         cap = len(self.parent_)
@@ -286,6 +293,7 @@ class OnlineDetector:
         acc = known.to_numpy()
         if self.t0_ is None:
             self.t0_ = int(ts.min())
+        X = self._event_columns(ev)
         # group by account keeping time order inside each group
         order = np.argsort(acc, kind="stable")
         a_s, ts_s = acc[order], ts[order]
@@ -322,29 +330,26 @@ class OnlineDetector:
             C["session"] += np.bincount(gu, g > 1800.0, minlength=len(C["n"])).astype(np.int64)
             F["gap_sum"] += np.bincount(gu, g, minlength=len(C["n"]))
             F["gap_sq"] += np.bincount(gu, g * g, minlength=len(C["n"]))
-        nut = ev["n_user_turns"].fill_null(1).to_numpy()[order]
-        C["single"][u] += seg(nut <= 1).astype(np.int64)
-        C["tool"][u] += seg(ev["tool_names"].list.len().fill_null(0).to_numpy()[order] > 0) \
-            .astype(np.int64)
-        C["tool_result"][u] += seg(ev["has_tool_results"].fill_null(False).to_numpy()[order]) \
-            .astype(np.int64)
-        C["thinking"][u] += seg(ev["thinking"].fill_null(0).to_numpy()[order] > 0).astype(np.int64)
-        C["logprobs"][u] += seg(ev["logprobs"].fill_null(0).to_numpy()[order] > 0).astype(np.int64)
+        C["single"][u] += seg(X["nut"][order] <= 1).astype(np.int64)
+        C["tool"][u] += seg(X["ntools"][order] > 0).astype(np.int64)
+        C["tool_result"][u] += seg(X["tool_result"][order]).astype(np.int64)
+        C["thinking"][u] += seg(X["thinking"][order] > 0).astype(np.int64)
+        C["logprobs"][u] += seg(X["logprobs"][order] > 0).astype(np.int64)
         # max_tokens at the account's cap: count of events equal to the running maximum
-        mt = ev["max_tokens"].fill_null(-1).to_numpy()[order].astype(np.float64)
+        mt = X["max_tokens"][order].astype(np.float64)
         bmax = np.maximum.reduceat(mt, start)
         old = F["cap_max"][u]
         newmax = np.maximum(old, bmax)
         at = seg(mt == np.repeat(newmax, cnt))
         C["cap_count"][u] = np.where(newmax > old, 0, C["cap_count"][u]) + at.astype(np.int64)
         F["cap_max"][u] = newmax
-        tmp = ev["temperature"].to_numpy()[order]
+        tmp = X["temperature"][order]
         ok = ~np.isnan(tmp.astype(np.float64))
         F["temp_n"][u] += seg(ok)
         F["temp_sum"][u] += seg(np.where(ok, tmp, 0.0))
         F["temp_sq"][u] += seg(np.where(ok, tmp * tmp, 0.0))
         for name, cname in (("in", "input_tokens"), ("out", "output_tokens")):
-            x = ev[cname].to_numpy()[order].astype(np.float64)
+            x = X[cname][order].astype(np.float64)
             ok = ~np.isnan(x)
             F[f"{name}_tok"][u] += seg(np.where(ok, x, 0.0))
             F[f"{name}_n"][u] += seg(ok)
@@ -353,35 +358,22 @@ class OnlineDetector:
         np.add.at(self.hour_, (a_s, hours), 1)
         np.add.at(self.wday_, (a_s, wd), 1)
         # country mismatch against the billing country
-        ctry = ev["country"]
-        ch = ctry.hash(seed=0).to_numpy()[order]
+        ch = X["country_h0"][order]
         bill = self.meta_["billing"][a_s]
-        C["mismatch"][u] += seg((bill != 0) & ctry.is_not_null().to_numpy()[order]
+        C["mismatch"][u] += seg((bill != 0) & X["countries_nn"][order]
                                 & (ch != bill)).astype(np.int64)
         # distinct counts: HyperLogLog registers
-        # n_clients counts user agent + TLS pairs (as fingerprint.py); linking uses ASN + both
-        cexpr = pl.concat_str([pl.col("user_agent"), pl.col("tls_fingerprint")],
-                              separator="|", ignore_nulls=True)
-        lexpr = pl.concat_str([pl.col("asn").cast(pl.String), cexpr], separator="|",
-                              ignore_nulls=True)
-        cl = ev.select(pl.when(cexpr.str.len_chars() > 0).then(cexpr).alias("c"),
-                       pl.when(cexpr.str.len_chars() > 0).then(lexpr).alias("l"))
-        client, link_client = cl["c"], cl["l"]
-        cols = {"keys": ev["api_key_id"], "ips": ev["ip"], "prefixes": ev["ip_prefix"],
-                "asns": ev["asn"].cast(pl.String), "countries": ctry,
-                "clients": client, "models": ev["model"]}
         hashes = {}
         for k, name in enumerate(HLL_KINDS):
-            s = cols[name]
-            h = s.hash(seed=17).to_numpy()[order]
-            nn = s.is_not_null().to_numpy()[order]
+            h = X[f"{name}_h"][order]
+            nn = X[f"{name}_nn"][order]
             hashes[name] = (h, nn)
             idx, rank = _hll_parts(h[nn])
             reg = self.hll_[k]
             np.maximum.at(reg, (a_s[nn], idx), rank)
         # model pivot: exchanges in the 24 h after each release, and those on the new model
         if self.releases_:
-            model = ev["model"].to_numpy()[order]
+            model = X["model"][order]
             for r, (rts, rmodel) in enumerate(self.releases_):
                 if rts <= self.t0_:
                     continue
@@ -391,55 +383,101 @@ class OnlineDetector:
                     np.add.at(self.win_[:, r, 1], a_s[w & (model == rmodel)], 1)
         # content: classify a bounded sample of prompts
         n_at = np.repeat(n_before, cnt) + pos + 1
-        ph = ev["prompt"].hash(seed=self.seed).to_numpy()[order]
+        ph = X["prompt_h"][order]
         pick = ((C["cls_n"][a_s] + pos) < self.max_prompts) | (
             (ph % np.maximum(n_at, 1).astype(np.uint64)) < np.uint64(self.max_prompts))
         if pick.any():
-            self._learn_content(ev, order[pick], a_s[pick], ts_s[pick])
+            self._learn_content(ev, order[pick], a_s[pick], ph[pick])
         # shared-value incidences for online linking
-        lc = (link_client.hash(seed=17).to_numpy()[order],
-              link_client.is_not_null().to_numpy()[order])
+        lc = (X["link_h"][order], X["link_nn"][order])
         ev_inc = [(0, hashes["ips"]), (1, hashes["prefixes"]), (2, lc)]
         for kind, (h, nn) in ev_inc:
             inc_arr = np.unique(np.stack([a_s[nn].astype(np.uint64), h[nn]], axis=1), axis=0) \
                 if nn.any() else np.zeros((0, 2), np.uint64)
             inc += [(int(a), kind, int(v)) for a, v in inc_arr]
         for kind, cname in ((6, "system_hash"), (7, "tools_hash")):
-            s = ev[cname]
-            nn = s.is_not_null().to_numpy()[order]
+            nn = X[f"{cname}_nn"][order]
             if nn.any():
                 pairs = np.unique(np.stack([a_s[nn].astype(np.uint64),
-                                            s.to_numpy()[order][nn].astype(np.uint64)], 1), axis=0)
+                                            X[cname][order][nn].astype(np.uint64)], 1), axis=0)
                 inc += [(int(a), kind, int(v)) for a, v in pairs]
         if inc:
             self._link(inc)
         due = u[C["n"][u] >= F["next_check"][u]]
         return due
 
+    def _event_columns(self, ev: pl.DataFrame) -> dict[str, np.ndarray]:
+        """Every per-event column ``learn_many`` reads, as numpy arrays in event order, from
+        one polars query (a Series method each would cost one query each: ~40 a chunk)."""
+        # n_clients counts user agent + TLS pairs (as fingerprint.py); linking uses ASN + both
+        cexpr = pl.concat_str([pl.col("user_agent"), pl.col("tls_fingerprint")],
+                              separator="|", ignore_nulls=True)
+        lexpr = pl.concat_str([pl.col("asn").cast(pl.String), cexpr], separator="|",
+                              ignore_nulls=True)
+        has_client = cexpr.str.len_chars() > 0
+        hll_cols = {"keys": pl.col("api_key_id"), "ips": pl.col("ip"),
+                    "prefixes": pl.col("ip_prefix"), "asns": pl.col("asn").cast(pl.String),
+                    "countries": pl.col("country"),
+                    "clients": pl.when(has_client).then(cexpr), "models": pl.col("model")}
+        link = pl.when(has_client).then(lexpr)
+        exprs = [pl.col("n_user_turns").fill_null(1).alias("nut"),
+                 pl.col("tool_names").list.len().fill_null(0).alias("ntools"),
+                 pl.col("has_tool_results").fill_null(False).alias("tool_result"),
+                 pl.col("thinking").fill_null(0), pl.col("logprobs").fill_null(0),
+                 pl.col("max_tokens").fill_null(-1), pl.col("temperature"),
+                 pl.col("input_tokens"), pl.col("output_tokens"),
+                 pl.col("country").hash(seed=0).alias("country_h0"),
+                 pl.col("prompt").hash(seed=self.seed).alias("prompt_h"),
+                 link.hash(seed=17).alias("link_h"), link.is_not_null().alias("link_nn"),
+                 pl.col("system_hash"), pl.col("system_hash").is_not_null().alias(
+                     "system_hash_nn"),
+                 pl.col("tools_hash"), pl.col("tools_hash").is_not_null().alias(
+                     "tools_hash_nn")]
+        for name, e in hll_cols.items():
+            exprs += [e.hash(seed=17).alias(f"{name}_h"), e.is_not_null().alias(f"{name}_nn")]
+        if self.releases_:
+            exprs.append(pl.col("model"))
+        out = ev.select(exprs)
+        return {c: out[c].to_numpy() for c in out.columns}
+
     def _learn_content(self, ev: pl.DataFrame, rows: np.ndarray, acc: np.ndarray,
-                       ts: np.ndarray) -> None:
+                       ph: np.ndarray) -> None:
+        """Classify the sampled prompts ``rows`` of ``ev`` (accounts ``acc``, prompt hashes
+        ``ph``) and count their tasks and templates.
+
+        The classifier's answer for a (prompt, system, tools) and the template id of a
+        prompt are kept in bounded caches (``CACHE_MAX`` entries, emptied when full): both
+        are functions of the text alone, so a cached answer is the one a new call would give,
+        and campaigns and tools resend the same texts (a third of the classified texts and
+        half of the prompts of the demo log were seen in an earlier chunk).
+        """
         sub = ev[rows]
-        uniq = sub.select("prompt", "system", "tool_names").with_row_index("_r")
-        key = uniq.select(pl.struct("prompt", "system", "tool_names").hash(seed=1))["prompt"]
-        u_df = pl.DataFrame({"k": key, "r": uniq["_r"]}).unique("k", keep="first",
-                                                                  maintain_order=True)
-        usub = sub[u_df["r"].to_numpy()]
-        pred = predict_tasks(usub.with_columns(pl.col("prompt").fill_null("")),
-                             self.classifier_)
-        lut = pl.DataFrame({"k": u_df["k"], "task": pred["task"], "cot": pred["cot_score"],
-                            "sens": pred["sensitive_score"]})
-        got = pl.DataFrame({"k": key}).join(lut, on="k", how="left", maintain_order="left")
-        tix = got["task"].replace_strict({t: i for i, t in enumerate(TASKS)},
-                                         default=len(TASKS) - 1,
-                                         return_dtype=pl.Int64).to_numpy()
-        np.add.at(self.task_, (acc, tix), 1)
+        key = sub.select(pl.struct("prompt", "system", "tool_names").hash(seed=1)) \
+            .to_series().to_list()
+        cache = self.task_cache_
+        todo = list(dict.fromkeys(k for k in key if k not in cache))
+        if todo:
+            first: dict[int, int] = {}
+            for j, k in enumerate(key):
+                first.setdefault(k, j)
+            usub = sub[[first[k] for k in todo]]
+            pred = predict_tasks(usub.with_columns(pl.col("prompt").fill_null("")),
+                                 self.classifier_)
+            code = {t: i for i, t in enumerate(TASKS)}
+            if len(cache) + len(todo) > CACHE_MAX:
+                cache.clear()
+            for k, t, c, sn in zip(todo, pred["task"].to_list(),
+                                   pred["cot_score"].to_list(),
+                                   pred["sensitive_score"].to_list()):
+                cache[k] = (code.get(t, len(TASKS) - 1), int(c > 0.5), int(sn > 0.5))
+        got = np.array([cache[k] for k in key], dtype=np.int64).reshape(-1, 3)
+        np.add.at(self.task_, (acc, got[:, 0]), 1)
         np.add.at(self.c_["cls_n"], acc, 1)
-        np.add.at(self.c_["cot"], acc, (got["cot"].to_numpy() > 0.5).astype(np.int64))
-        np.add.at(self.c_["sens"], acc, (got["sens"].to_numpy() > 0.5).astype(np.int64))
-        tids = normalize_prompts(sub["prompt"]).hash(seed=3).to_numpy()
+        np.add.at(self.c_["cot"], acc, got[:, 1])
+        np.add.at(self.c_["sens"], acc, got[:, 2])
+        tids = self._template_ids(sub["prompt"], ph)
         inc = []
-        for a, t in zip(acc.tolist(), tids.tolist()):
-            self._hh_add(a, t)
+        for a, t in zip(acc.tolist(), tids):
             rec = self.templates_.get(t)
             if rec is None:
                 self.templates_[t] = [1, a, 1]
@@ -448,20 +486,47 @@ class OnlineDetector:
                 if rec[2] == 1 and rec[1] != a:
                     rec[2] = 2
             inc.append((a, 8, t))
+        self._hh_add_many(acc.tolist(), tids)
         self._link(list(set(inc)))
 
-    def _hh_add(self, a: int, t: int) -> None:
-        """Misra-Gries heavy hitters of the account's templates (HH_K counters)."""
-        ids, cnt = self.hh_id_[a], self.hh_cnt_[a]
-        hit = np.flatnonzero((ids == np.uint64(t)) & (cnt > 0))
-        if len(hit):
-            cnt[hit[0]] += 1
-            return
-        free = np.flatnonzero(cnt == 0)
-        if len(free):
-            ids[free[0]], cnt[free[0]] = t, 1
-        else:
-            cnt -= 1
+    def _template_ids(self, prompts: pl.Series, ph: np.ndarray) -> list[int]:
+        """Template ids (hash of the normalised prompt) of ``prompts``, whose hashes are
+        ``ph``; normalises only the prompts not in the cache."""
+        cache = self.tid_cache_
+        ph = ph.tolist()
+        miss = [j for j, h in enumerate(ph) if h not in cache]
+        if miss:
+            if len(cache) + len(miss) > CACHE_MAX:
+                cache.clear()
+            new = normalize_prompts(prompts.gather(miss)).hash(seed=3).to_list()
+            cache.update(zip((ph[j] for j in miss), new))
+        return [cache[h] for h in ph]
+
+    def _hh_add_many(self, acc: list[int], tids: list[int]) -> None:
+        """Misra-Gries heavy hitters of each account's templates (HH_K counters), fed the
+        templates in order: a known one counts up, a new one takes a free slot, and with
+        none free every counter counts down."""
+        rows: dict[int, tuple[list, list]] = {}
+        for a, t in zip(acc, tids):
+            r = rows.get(a)
+            if r is None:
+                r = rows[a] = (self.hh_id_[a].tolist(), self.hh_cnt_[a].tolist())
+            ids, cnt = r
+            for j in range(HH_K):
+                if cnt[j] > 0 and ids[j] == t:
+                    cnt[j] += 1
+                    break
+            else:
+                for j in range(HH_K):
+                    if cnt[j] == 0:
+                        ids[j], cnt[j] = t, 1
+                        break
+                else:
+                    for j in range(HH_K):
+                        cnt[j] -= 1
+        for a, (ids, cnt) in rows.items():
+            self.hh_id_[a] = ids
+            self.hh_cnt_[a] = cnt
 
     # -- linking ---------------------------------------------------------------------------
     def _find(self, x: int) -> int:
@@ -648,15 +713,15 @@ class OnlineDetector:
         extra = [m for r in in_grp for m in groups[r]]
         allidx = np.unique(np.concatenate([idx, np.array(extra, dtype=np.int64)]))
         feats = self.features(allidx)
-        mem_idx = np.array(extra, dtype=np.int64)
+        names = [self.cluster_name(r) for r in in_grp]
         membership = pl.DataFrame({
-            "account_id": pl.Series([self.ids_[i] for i in mem_idx], dtype=pl.String),
-            "cluster_id": pl.Series([self.cluster_name(r) for r in in_grp
+            "account_id": pl.Series([self.ids_[i] for i in extra], dtype=pl.String),
+            "cluster_id": pl.Series([nm for r, nm in zip(in_grp, names)
                                      for _ in groups[r]], dtype=pl.String)})
         cf = cluster_features(feats, membership, pl.DataFrame(), None)
         if not membership.is_empty():
             kinds = pl.DataFrame({
-                "cluster_id": [self.cluster_name(r) for r in in_grp],
+                "cluster_id": names,
                 "mean_edge_kinds": [float(bin(int(self.gkinds_[r])).count("1"))
                                     for r in in_grp],
                 "shared_template_share": [self._group_template_share(groups[r])

@@ -56,12 +56,16 @@ _US = 1_000_000
 _DAY_US = 86400 * _US
 
 
+_POW2 = np.power(2.0, -np.arange(256, dtype=np.float64))     # 2**-rank for uint8 registers
+
+
 def _hll_estimate(reg: np.ndarray) -> np.ndarray:
-    """Cardinality estimates for rows of HyperLogLog registers (linear counting when small)."""
-    m = reg.shape[1]
+    """Cardinality estimates for HyperLogLog registers (last axis; linear counting when
+    small)."""
+    m = reg.shape[-1]
     alpha = 0.709 if m == 64 else 0.7213 / (1 + 1.079 / m)
-    est = alpha * m * m / np.power(2.0, -reg.astype(np.float64)).sum(axis=1)
-    zeros = (reg == 0).sum(axis=1)
+    est = alpha * m * m / _POW2[reg].sum(axis=-1)
+    zeros = (reg == 0).sum(axis=-1)
     with np.errstate(divide="ignore"):
         lin = m * np.log(m / np.maximum(zeros, 1))
     return np.where((est <= 2.5 * m) & (zeros > 0), lin, est)
@@ -391,16 +395,12 @@ class OnlineDetector:
         # shared-value incidences for online linking
         lc = (X["link_h"][order], X["link_nn"][order])
         ev_inc = [(0, hashes["ips"]), (1, hashes["prefixes"]), (2, lc)]
-        for kind, (h, nn) in ev_inc:
-            inc_arr = np.unique(np.stack([a_s[nn].astype(np.uint64), h[nn]], axis=1), axis=0) \
-                if nn.any() else np.zeros((0, 2), np.uint64)
-            inc += [(int(a), kind, int(v)) for a, v in inc_arr]
         for kind, cname in ((6, "system_hash"), (7, "tools_hash")):
-            nn = X[f"{cname}_nn"][order]
+            ev_inc.append((kind, (X[cname][order], X[f"{cname}_nn"][order])))
+        for kind, (h, nn) in ev_inc:
             if nn.any():
-                pairs = np.unique(np.stack([a_s[nn].astype(np.uint64),
-                                            X[cname][order][nn].astype(np.uint64)], 1), axis=0)
-                inc += [(int(a), kind, int(v)) for a, v in pairs]
+                a, v = _unique_pairs(a_s[nn], h[nn].astype(np.uint64))
+                inc += zip(a.tolist(), [kind] * len(a), v.tolist())
         if inc:
             self._link(inc)
         due = u[C["n"][u] >= F["next_check"][u]]
@@ -620,8 +620,7 @@ class OnlineDetector:
             tvar = (F["temp_sq"] - F["temp_n"] * tmean ** 2) / (F["temp_n"] - 1)
             tstd = np.where(F["temp_n"] > 1, np.sqrt(np.maximum(tvar, 0)), 0.0)
             out_in = np.nan_to_num(F["out_tok"] / F["in_tok"], posinf=0.0)
-        est = {name: np.round(_hll_estimate(self.hll_[k][idx]))
-               for k, name in enumerate(HLL_KINDS)}
+        est = dict(zip(HLL_KINDS, np.round(_hll_estimate(self.hll_[:, idx]))))
         hour = self.hour_[idx].astype(np.float64)
         win = self.win_[idx].astype(np.float64)
         with np.errstate(divide="ignore", invalid="ignore"):
@@ -684,10 +683,12 @@ class OnlineDetector:
 
     def _template_shares(self, idx, cls) -> tuple[np.ndarray, np.ndarray]:
         ids, cnt = self.hh_id_[idx], self.hh_cnt_[idx].astype(np.float64)
-        tpl = self.templates_
-        flat = ids.ravel().tolist()
-        big = np.array([(tpl.get(t) or (0, 0, 0))[0] >= 5 for t in flat]).reshape(ids.shape)
-        shr = np.array([(tpl.get(t) or (0, 0, 0))[2] >= 2 for t in flat]).reshape(ids.shape)
+        live = cnt > 0                       # a slot counted down to 0 holds a stale id
+        uq, inv = np.unique(ids[live], return_inverse=True)
+        recs = [self.templates_.get(t) or (0, 0, 0) for t in uq.tolist()]
+        big, shr = np.zeros(ids.shape, bool), np.zeros(ids.shape, bool)
+        big[live] = np.array([r[0] >= 5 for r in recs], bool)[inv]
+        shr[live] = np.array([r[2] >= 2 for r in recs], bool)[inv]
         return ((cnt * big).sum(1) / cls).clip(0, 1), ((cnt * shr).sum(1) / cls).clip(0, 1)
 
     def _tier_pct(self, idx, per_day) -> np.ndarray:
@@ -733,14 +734,16 @@ class OnlineDetector:
     def _group_template_share(self, members: list[int]) -> float:
         m = np.array(members)
         ids, cnt = self.hh_id_[m].ravel(), self.hh_cnt_[m].ravel()
-        acc = np.repeat(m, HH_K)
+        acc = np.repeat(np.arange(len(m)), HH_K)
         keep = cnt > 0
         if not keep.any():
             return 0.0
-        df = pl.DataFrame({"a": acc[keep], "t": ids[keep], "c": cnt[keep].astype(np.int64)})
-        per_t = df.group_by("t").agg(n_acc=pl.col("a").n_unique(), n=pl.col("c").sum())
-        tot = per_t["n"].sum()
-        return float(per_t.filter(pl.col("n_acc") >= 2)["n"].sum() / tot) if tot else 0.0
+        uq, inv = np.unique(ids[keep], return_inverse=True)
+        n = np.bincount(inv, weights=cnt[keep], minlength=len(uq)).astype(np.int64)
+        pairs = np.unique(inv.astype(np.int64) * len(m) + acc[keep])   # (template, account)
+        n_acc = np.bincount(pairs // len(m), minlength=len(uq))
+        tot = int(n.sum())
+        return float(int(n[n_acc >= 2].sum()) / tot) if tot else 0.0
 
     def cluster_name(self, root: int) -> str:
         """Live cluster id: ``L`` + the lowest account index of the group (stable on merge)."""
@@ -967,6 +970,15 @@ class OnlineDetector:
             members.setdefault(self._find(i), []).append(i)
         self.members_ = {r: m for r, m in members.items() if len(m) > 1}
         return self
+
+
+def _unique_pairs(a: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct (a, v) pairs sorted by a, then v (as ``np.unique(..., axis=0)``, faster)."""
+    o = np.lexsort((v, a))
+    a, v = a[o], v[o]
+    keep = np.ones(len(a), bool)
+    keep[1:] = (a[1:] != a[:-1]) | (v[1:] != v[:-1])
+    return a[keep], v[keep]
 
 
 def _vkey(kind: int, value: int) -> int:

@@ -162,10 +162,12 @@ class OnlineDetector:
         self.min_families_ = int(cfg.min_families)
         self.min_size_ = int(self.min_size or self.signals_.cluster.get("min_size", 3))
         self.signup_us_ = int(cfg.signup_bucket_minutes) * 60 * _US
-        self._meta = {}
+        # accounts table rows by id, for accounts not seen yet (an account's fields are
+        # read once, when its first event registers it, and its entry is dropped then)
+        self._meta: dict[str, int] = {}
         if self.accounts is not None and not self.accounts.is_empty():
-            a = self.accounts
-            self._meta = {r["account_id"]: r for r in a.iter_rows(named=True)}
+            ids = self.accounts["account_id"].to_list()
+            self._meta = dict(zip(ids, range(len(ids))))          # the last row wins
         rel = self.releases
         self.releases_ = ([] if rel is None or rel.is_empty() else
                           sorted((int(r[1].timestamp() * _US), r[0])
@@ -180,17 +182,19 @@ class OnlineDetector:
         self.hour_ = np.zeros((cap, 24), np.uint32)
         self.wday_ = np.zeros((cap, 7), np.uint32)
         self.hll_ = np.zeros((len(HLL_KINDS), cap, HLL_M), np.uint8)
-        self.win_ = np.zeros((cap, MAX_RELEASES, 2), np.uint32)
+        self.win_ = np.zeros((cap, max(len(self.releases_), 1), 2), np.uint32)
         self.task_ = np.zeros((cap, len(TASKS)), np.uint32)
         self.hh_id_ = np.zeros((cap, HH_K), np.uint64)
         self.hh_cnt_ = np.zeros((cap, HH_K), np.uint32)
         self.meta_ = {"tier": np.zeros(cap, np.int8), "verified": np.zeros(cap, bool),
-                      "billing": np.zeros(cap, np.uint64), "paykey": np.zeros(cap, np.uint64)}
+                      "billing": np.zeros(cap, np.uint64), "paykey": np.zeros(cap, np.uint64),
+                      "emailkey": np.zeros(cap, np.uint64)}
         self.verdict_ = np.zeros(cap, np.int8)
         self.seed_ = np.zeros(cap, bool)              # attack on its own evidence (a seed)
         self.parent_ = np.arange(cap, dtype=np.int64)
         self.gkinds_ = np.zeros(cap, np.int64)        # link-kind bits per union-find root
         self.reasons_: list[str] = []
+        self.reason_strs_: dict[str, str] = {"": ""}
         self.tiers_: list[str] = ["unknown"]
         self.vindex_: dict[int, list[int] | None] = {}
         self.pairs_: dict[int, int] = {}
@@ -236,7 +240,7 @@ class OnlineDetector:
         start = self.n_accounts_
         self._grow(start + len(ids))
         inc = []
-        metas = [self._meta.get(aid) or {} for aid in ids]
+        metas = self._account_rows(ids)
         strs = sorted({m[k] for m in metas for k in ("billing_country", "payment_fingerprint",
                                                       "email_domain") if m.get(k)})
         hv = dict(zip(strs, pl.Series(strs, dtype=pl.String).hash(seed=0).to_list()))
@@ -259,10 +263,21 @@ class OnlineDetector:
                 self.meta_["paykey"][i] = _vkey(3, inc[-1][2])
             if m.get("email_domain"):
                 inc.append((i, 4, hv[m["email_domain"]]))
+                self.meta_["emailkey"][i] = _vkey(4, inc[-1][2])
             if ca is not None:
                 inc.append((i, 5, int(ca.timestamp() * _US) // self.signup_us_))
         self.n_accounts_ += len(ids)
         return inc
+
+    def _account_rows(self, ids: list[str]) -> list[dict]:
+        """Accounts-table rows of new accounts ``ids`` ({} when absent), dropped from the
+        lookup (an account is registered once)."""
+        rows = [self._meta.pop(a, None) for a in ids]
+        have = [r for r in rows if r is not None]
+        if not have:
+            return [{} for _ in ids]
+        got = iter(self.accounts[have].to_dicts())
+        return [next(got) if r is not None else {} for r in rows]
 
     # -- learning --------------------------------------------------------------------------
     def learn_one(self, event: dict) -> None:
@@ -672,14 +687,12 @@ class OnlineDetector:
             "template_reuse_share": reuse, "shared_template_share": shared,
             **{f"share_{t}": task[:, i] for i, t in enumerate(TASKS)},
         }
-        df = pl.DataFrame(cols)
-        # account fields the batch cluster features read
-        meta = [self._meta.get(a) or {} for a in df["account_id"].to_list()]
-        return df.with_columns(
-            payment_fingerprint=pl.Series([m.get("payment_fingerprint") for m in meta],
-                                          dtype=pl.String),
-            email_domain=pl.Series([m.get("email_domain") for m in meta], dtype=pl.String),
-        )
+        # account fields the batch cluster features read (compared for equality only:
+        # their 64-bit hashes stand in for the strings, null when absent)
+        keys = {"payment_fingerprint": "paykey", "email_domain": "emailkey"}
+        cols |= {name: self.meta_[key][idx] for name, key in keys.items()}
+        return pl.DataFrame(cols).with_columns(
+            pl.when(pl.col(name) != 0).then(pl.col(name)).alias(name) for name in keys)
 
     def _template_shares(self, idx, cls) -> tuple[np.ndarray, np.ndarray]:
         ids, cnt = self.hh_id_[idx], self.hh_cnt_[idx].astype(np.float64)
@@ -776,8 +789,9 @@ class OnlineDetector:
             idx, score, np.array([VERDICT_CODE[v] for v in res.verdict], dtype=np.int8),
             list(res.reasons))
         self.verdict_[idx] = code
+        intern = self.reason_strs_
         for i, r in zip(idx.tolist(), reasons):
-            self.reasons_[i] = r
+            self.reasons_[i] = intern.setdefault(r, r)      # one object per distinct text
         self.f_["next_check"][idx] = np.where(
             soon > 0, np.maximum(soon, n + 1),
             np.maximum(n + 1, np.ceil(n * self._rescore_factor())))
@@ -943,7 +957,10 @@ class OnlineDetector:
         self.hll_[:, :n] = z["hll"]
         self.ids_ = z["ids"].tolist()
         self.index_ = {a: i for i, a in enumerate(self.ids_)}
-        self.reasons_ = z["reasons"].tolist()
+        for a in self.ids_:
+            self._meta.pop(a, None)
+        intern = self.reason_strs_
+        self.reasons_ = [intern.setdefault(r, r) for r in z["reasons"].tolist()]
         self.tiers_ = z["tiers"].tolist()
         self.n_accounts_ = n
         t0 = int(z["t0"][0])

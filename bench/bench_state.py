@@ -66,6 +66,8 @@ def deep_size(obj, seen: set) -> int:
                 stack.extend(o.ravel().tolist())
             continue
         total += sys.getsizeof(o)
+        if hasattr(o, "__dict__") and not isinstance(o, type):     # e.g. PairBits
+            stack.append(vars(o))
         if isinstance(o, dict):
             stack.extend(o.keys())
             stack.extend(o.values())

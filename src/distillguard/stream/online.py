@@ -197,7 +197,7 @@ class OnlineDetector:
         self.reason_strs_: dict[str, str] = {"": ""}
         self.tiers_: list[str] = ["unknown"]
         self.vindex_: dict[int, list[int] | None] = {}
-        self.pairs_: dict[int, int] = {}
+        self.pairs_ = PairBits()
         self.templates_: dict[int, list[int]] = {}    # tid -> [count, first account, n_acc]
         self.strong_: dict[int, list[int]] = {}       # direct links (min_families families)
         self.members_: dict[int, list[int]] = {}
@@ -470,6 +470,8 @@ class OnlineDetector:
         key = sub.select(pl.struct("prompt", "system", "tool_names").hash(seed=1)) \
             .to_series().to_list()
         cache = self.task_cache_
+        if len(cache) + len(key) > CACHE_MAX:
+            cache.clear()
         todo = list(dict.fromkeys(k for k in key if k not in cache))
         if todo:
             first: dict[int, int] = {}
@@ -479,8 +481,6 @@ class OnlineDetector:
             pred = predict_tasks(usub.with_columns(pl.col("prompt").fill_null("")),
                                  self.classifier_)
             code = {t: i for i, t in enumerate(TASKS)}
-            if len(cache) + len(todo) > CACHE_MAX:
-                cache.clear()
             for k, t, c, sn in zip(todo, pred["task"].to_list(),
                                    pred["cot_score"].to_list(),
                                    pred["sensitive_score"].to_list()):
@@ -509,10 +509,10 @@ class OnlineDetector:
         ``ph``; normalises only the prompts not in the cache."""
         cache = self.tid_cache_
         ph = ph.tolist()
+        if len(cache) + len(ph) > CACHE_MAX:
+            cache.clear()
         miss = [j for j, h in enumerate(ph) if h not in cache]
         if miss:
-            if len(cache) + len(miss) > CACHE_MAX:
-                cache.clear()
             new = normalize_prompts(prompts.gather(miss)).hash(seed=3).to_list()
             cache.update(zip((ph[j] for j in miss), new))
         return [cache[h] for h in ph]
@@ -575,11 +575,9 @@ class OnlineDetector:
             if kind == 3 and self.seed_[lst].any():
                 self._due_now([a])                    # shares a payment with a seed
             bit = 1 << int(fam[kind])
-            for b in lst:
-                pk = (min(a, b) << 32) | max(a, b)
-                old = pairs.get(pk, 0)
+            olds = pairs.or_many([(a << 32) | b if a < b else (b << 32) | a for b in lst], bit)
+            for b, old in zip(lst, olds):
                 bits = old | bit
-                pairs[pk] = bits
                 if bin(bits).count("1") >= self.min_families_:
                     self._union(a, b, 1 << kind)
                     if bin(old).count("1") < self.min_families_:
@@ -904,7 +902,7 @@ class OnlineDetector:
                       for a in arrays)
         ids = sum(len(s) + 49 for s in self.ids_) / n + 8 + 64   # str objects + dict slot
         shared = (sum(8 + (len(v) * 8 + 56 if v else 0) for v in self.vindex_.values())
-                  + len(self.pairs_) * 80 + len(self.templates_) * 120
+                  + self.pairs_.nbytes() + len(self.templates_) * 120
                   + sum(156 + 8 * len(v) for v in self.strong_.values()))
         return {"per_account_bytes": per_row + ids, "shared_index_bytes": shared,
                 "shared_per_account_bytes": shared / n, "accounts": self.n_accounts_}
@@ -929,8 +927,7 @@ class OnlineDetector:
         arr["v_keys"] = vk
         arr["v_len"] = np.array([-1 if v is None else len(v) for v in vl], np.int64)
         arr["v_flat"] = np.array([a for v in vl if v for a in v], np.int64)
-        arr["p_keys"] = np.array(list(self.pairs_.keys()), np.uint64)
-        arr["p_vals"] = np.array(list(self.pairs_.values()), np.int64)
+        arr["p_keys"], arr["p_vals"] = self.pairs_.arrays()
         arr["t_keys"] = np.array(list(self.templates_.keys()), np.uint64)
         arr["t_vals"] = np.array(list(self.templates_.values()), np.int64).reshape(-1, 3)
         buf = io.BytesIO()
@@ -973,7 +970,7 @@ class OnlineDetector:
             else:
                 self.vindex_[k] = flat[off:off + ln]
                 off += ln
-        self.pairs_ = dict(zip(z["p_keys"].tolist(), z["p_vals"].tolist()))
+        self.pairs_ = PairBits(z["p_keys"], z["p_vals"])
         self.templates_ = {k: list(v) for k, v in zip(z["t_keys"].tolist(),
                                                       z["t_vals"].tolist())}
         self.strong_ = {}
@@ -987,6 +984,76 @@ class OnlineDetector:
             members.setdefault(self._find(i), []).append(i)
         self.members_ = {r: m for r, m in members.items() if len(m) > 1}
         return self
+
+
+class PairBits:
+    """Link-family bits of every linked account pair, keyed ``min << 32 | max``.
+
+    A dict costs ≈ 100 bytes a pair (a key object, a slot, spare room); pairs are the largest
+    shared index (≈ 20 a account), so settled pairs live in two sorted numpy arrays (8-byte
+    key + 1 byte of bits) and only recently created ones in a dict, merged into the arrays
+    when it holds more than 1/16 of them (at least ``MIN_RECENT``).
+    """
+
+    MIN_RECENT = 1 << 16
+
+    def __init__(self, keys=None, bits=None) -> None:
+        self.recent: dict[int, int] = {}
+        self.keys = np.zeros(0, np.int64) if keys is None else np.asarray(keys, np.int64)
+        self.bits = np.zeros(0, np.uint8) if bits is None else np.asarray(bits, np.uint8)
+        if len(self.keys) > 1 and (np.diff(self.keys) <= 0).any():
+            o = np.argsort(self.keys, kind="stable")
+            self.keys, self.bits = self.keys[o], self.bits[o]
+
+    def __len__(self) -> int:
+        return len(self.recent) + len(self.keys)
+
+    def or_many(self, pks: list[int], bit: int) -> list[int]:
+        """Set ``bit`` on the distinct pairs ``pks`` (created if new); their old bits."""
+        rec = self.recent
+        olds = [rec.get(k, -1) for k in pks]
+        need = [j for j, o in enumerate(olds) if o < 0]
+        for j, o in enumerate(olds):
+            if o >= 0:
+                rec[pks[j]] = o | bit
+        if need and len(self.keys):
+            arr = np.array([pks[j] for j in need], np.int64)
+            pos = np.minimum(self.keys.searchsorted(arr), len(self.keys) - 1)
+            hit = self.keys[pos] == arr
+            found = np.where(hit, self.bits[pos], 0).tolist()
+            self.bits[pos[hit]] |= np.uint8(bit)
+            for j, h, o in zip(need, hit.tolist(), found):
+                olds[j] = o
+                if not h:
+                    rec[pks[j]] = bit
+        else:
+            for j in need:
+                olds[j] = 0
+                rec[pks[j]] = bit
+        if len(rec) > max(self.MIN_RECENT, len(self.keys) >> 4):
+            self._merge()
+        return olds
+
+    def _merge(self) -> None:
+        k = np.fromiter(self.recent.keys(), np.int64, len(self.recent))
+        b = np.fromiter(self.recent.values(), np.uint8, len(self.recent))
+        o = np.argsort(k)
+        k, b = k[o], b[o]
+        pos = self.keys.searchsorted(k)
+        self.keys, self.bits = np.insert(self.keys, pos, k), np.insert(self.bits, pos, b)
+        self.recent.clear()
+
+    def items(self):
+        """(key, bits) of every pair: arrays, then recent ones."""
+        yield from zip(self.keys.tolist(), self.bits.tolist())
+        yield from self.recent.items()
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        self._merge()
+        return self.keys, self.bits
+
+    def nbytes(self) -> int:
+        return self.keys.nbytes + self.bits.nbytes + len(self.recent) * 100
 
 
 def _unique_pairs(a: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

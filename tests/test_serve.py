@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import time
 
 import pytest
 from fastapi.testclient import TestClient
@@ -240,6 +242,12 @@ def test_learner_process_behind_the_service():
     with TestClient(create_app(eng)) as c:
         proc = eng._proc
         assert proc.is_alive()
+        if hasattr(os, "SCHED_IDLE"):       # learns only when the serving side is idle
+            for _ in range(100):
+                if os.sched_getscheduler(proc.pid) == os.SCHED_IDLE:
+                    break
+                time.sleep(0.05)
+            assert os.sched_getscheduler(proc.pid) == os.SCHED_IDLE
         for i in range(300):
             bot = f"bot{i % 6}"
             body = c.post("/v1/decide", json={

@@ -466,7 +466,7 @@ class OnlineDetector:
         and campaigns and tools resend the same texts (a third of the classified texts and
         half of the prompts of the demo log were seen in an earlier chunk).
         """
-        sub = ev[rows]
+        sub = ev.select("prompt", "system", "tool_names")[rows]
         key = sub.select(pl.struct("prompt", "system", "tool_names").hash(seed=1)) \
             .to_series().to_list()
         cache = self.task_cache_

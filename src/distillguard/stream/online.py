@@ -209,7 +209,9 @@ class OnlineDetector:
         cap = len(self.parent_)
         if need <= cap:
             return
-        new = max(need, cap * 2)
+        # grow by a quarter (rows are allocated, used or not: doubling would leave up to
+        # half of them empty at a large account count)
+        new = max(need + need // 8, cap + cap // 4)
 
         def g(a):
             out = np.zeros((new,) + a.shape[1:], a.dtype)
@@ -687,10 +689,11 @@ class OnlineDetector:
         }
         # account fields the batch cluster features read (compared for equality only:
         # their 64-bit hashes stand in for the strings, null when absent)
-        keys = {"payment_fingerprint": "paykey", "email_domain": "emailkey"}
-        cols |= {name: self.meta_[key][idx] for name, key in keys.items()}
-        return pl.DataFrame(cols).with_columns(
-            pl.when(pl.col(name) != 0).then(pl.col(name)).alias(name) for name in keys)
+        for name, key in (("payment_fingerprint", "paykey"), ("email_domain", "emailkey")):
+            cols[name] = pl.Series([k or None for k in self.meta_[key][idx].tolist()],
+                                   dtype=pl.UInt64)
+        # from Series: a dict of numpy arrays costs ~4x as much to turn into a frame
+        return pl.DataFrame([pl.Series(k, v) for k, v in cols.items()])
 
     def _template_shares(self, idx, cls) -> tuple[np.ndarray, np.ndarray]:
         ids, cnt = self.hh_id_[idx], self.hh_cnt_[idx].astype(np.float64)

@@ -9,6 +9,8 @@ replays it with ``distillguard stream`` (in-process, default parameters unless g
 batch ``detect`` on the same log (unless ``--no-batch``) and records:
 
 - ``events_per_s``: replay loop throughput (one process; learning + rescoring, excl. reading);
+  ``loop_cpu_s``: the loop's CPU seconds (all threads; with ``POLARS_MAX_THREADS=1`` the
+  single-core cost, least disturbed by other jobs on a shared machine);
 - ``memory``: per-account state (columnar rows) and shared-index bytes / account;
 - ``leakage``: per campaign, share of its exchanges served before the account that made them
   got its first ``attack`` alert (never-flagged accounts leak all their exchanges), the share
@@ -82,7 +84,8 @@ def run_one(a, seed: int) -> dict:
     leak, fpr = leakage_table(sim, live)
     out = {"scenario": a.scenario, "scale": a.scale, "seed": seed, "params": kw,
            "events": r.n_events, "accounts": r.n_accounts, "events_per_s": r.events_per_s,
-           "loop_s": meta["loop_s"], "load": [round(load_before, 2), round(load_after, 2)],
+           "loop_s": meta["loop_s"], "loop_cpu_s": meta.get("loop_cpu_s"),
+           "load": [round(load_before, 2), round(load_after, 2)],
            "memory": meta["memory"], "alerts": r.n_alerts, "leakage": leak.to_dicts(),
            "benign_fpr": fpr.to_dicts()}
     if not a.no_batch:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import time
 
 import pytest
 from fastapi.testclient import TestClient
@@ -202,10 +204,18 @@ def test_routes_and_field_errors(policy):
         assert c.post("/v1/decide", content=b"[1, 2]").status_code == 422
         assert c.post("/v1/decide", content=b"{not json").status_code == 422
         assert c.get("/v1/decide").status_code == 405
+        # Anthropic's dict form of `thinking` is accepted, as by the contract reader
+        for th in ({"type": "enabled", "budget_tokens": 2048}, {"type": "disabled"}, True, 0):
+            assert c.post("/v1/decide", json=req("th", thinking=th)).status_code == 200
+        det = c.app.engine.detector          # learned as requests with thinking: 2 of 4
+        assert det.c_["thinking"][det.index_["th"]] == 2
+        r = c.post("/v1/decide", json=req("a", thinking={"type": "enabled",
+                                                          "budget_tokens": "many"}))
+        assert r.status_code == 422 and "thinking" in r.json()["detail"]
         assert c.get("/nowhere").status_code == 404
         assert c.get("/docs").status_code == 200
         m = c.get("/metrics").text
-        assert "distillguard_request_errors_total 4" in m
+        assert "distillguard_request_errors_total 5" in m
 
 
 def test_background_learning_counts_and_publishes(policy):
@@ -232,6 +242,12 @@ def test_learner_process_behind_the_service():
     with TestClient(create_app(eng)) as c:
         proc = eng._proc
         assert proc.is_alive()
+        if hasattr(os, "SCHED_IDLE"):       # learns only when the serving side is idle
+            for _ in range(100):
+                if os.sched_getscheduler(proc.pid) == os.SCHED_IDLE:
+                    break
+                time.sleep(0.05)
+            assert os.sched_getscheduler(proc.pid) == os.SCHED_IDLE
         for i in range(300):
             bot = f"bot{i % 6}"
             body = c.post("/v1/decide", json={

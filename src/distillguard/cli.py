@@ -318,8 +318,11 @@ def stream(paths, accounts, releases, skip_invalid, out, policy_path, model_path
                    "decisions reflect the state up to about this old).")
 @click.option("--learner-nice", type=click.IntRange(0, 19), default=5, show_default=True,
               help="Lower the learner process's CPU priority by this much (serving first).")
+@click.option("--learner-idle/--no-learner-idle", default=True, show_default=True,
+              help="Run the learner process in Linux's SCHED_IDLE class (a request waking "
+                   "the serving process preempts it at once).")
 def serve(host, port, policy_path, accounts, token_env, no_auth, decision_log, max_body_bytes,
-          learner, learn_interval, learner_nice):
+          learner, learn_interval, learner_nice, learner_idle):
     """Run the decision service: POST /v1/decide, /healthz, /metrics, /openapi.json.
 
     \b
@@ -333,7 +336,7 @@ def serve(host, port, policy_path, accounts, token_env, no_auth, decision_log, m
     from .act import load_policy
     from .errors import ConfigError
     from .serve import DecisionEngine
-    from .serve.app import create_app
+    from .serve.app import create_app, quiet_runtime
     from .stream import OnlineDetector
 
     token = os.environ.get(token_env)
@@ -350,10 +353,11 @@ def serve(host, port, policy_path, accounts, token_env, no_auth, decision_log, m
                             detector=OnlineDetector(accounts=acc),
                             decision_log=str(decision_log) if decision_log else None,
                             learner=learner, rescore_interval_s=learn_interval,
-                            learner_nice=learner_nice)
+                            learner_nice=learner_nice, learner_idle=learner_idle)
+    app = create_app(engine, token=None if no_auth else token, max_body_bytes=max_body_bytes)
+    quiet_runtime()
     # uvloop + httptools when installed (the serve extra); no access log on the hot path
-    uvicorn.run(create_app(engine, token=None if no_auth else token,
-                           max_body_bytes=max_body_bytes),
+    uvicorn.run(app,
                 host=host, port=port, log_level="warning", access_log=False,
                 proxy_headers=False, server_header=False)
 

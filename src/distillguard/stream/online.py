@@ -48,6 +48,7 @@ FLOATS = ("first_ts", "last_ts", "last_day", "cap_max", "temp_n", "temp_sum", "t
           "score", "next_check")
 HH_K = 8                      # templates tracked per account
 MAX_RELEASES = 16
+CACHE_MAX = 1 << 15           # classifier answers / template ids cached (by text hash)
 VERDICT_CODE = {"benign": 0, "suspicious": 1, "attack": 2}
 VERDICT_NAME = np.array(["benign", "suspicious", "attack"])
 KINDS = ("ip", "ip_prefix", "client", "payment", "email_domain", "signup_burst",
@@ -56,12 +57,16 @@ _US = 1_000_000
 _DAY_US = 86400 * _US
 
 
+_POW2 = np.power(2.0, -np.arange(256, dtype=np.float64))     # 2**-rank for uint8 registers
+
+
 def _hll_estimate(reg: np.ndarray) -> np.ndarray:
-    """Cardinality estimates for rows of HyperLogLog registers (linear counting when small)."""
-    m = reg.shape[1]
+    """Cardinality estimates for HyperLogLog registers (last axis; linear counting when
+    small)."""
+    m = reg.shape[-1]
     alpha = 0.709 if m == 64 else 0.7213 / (1 + 1.079 / m)
-    est = alpha * m * m / np.power(2.0, -reg.astype(np.float64)).sum(axis=1)
-    zeros = (reg == 0).sum(axis=1)
+    est = alpha * m * m / _POW2[reg].sum(axis=-1)
+    zeros = (reg == 0).sum(axis=-1)
     with np.errstate(divide="ignore"):
         lin = m * np.log(m / np.maximum(zeros, 1))
     return np.where((est <= 2.5 * m) & (zeros > 0), lin, est)
@@ -148,16 +153,22 @@ class OnlineDetector:
         self.signals_ = load_signals(self.signals_path)
         self.scorer_ = load_scorer(self.model_path, self.signals_)
         self.classifier_ = load_default()
+        if self.classifier_ is not None:
+            # column-major, so that the transposed copy the classifier makes of its weights
+            # on every call (16 MB, ~4 ms: half the cost of classifying a chunk) is a view
+            self.classifier_.coef_ = np.asfortranarray(self.classifier_.coef_)
         cfg = self.signals_.link
         fam_of = {k: i for i, (_, ks) in enumerate(sorted(cfg.families.items())) for k in ks}
         self.kind_family_ = np.array([fam_of.get(k, 7) for k in KINDS], dtype=np.int64)
         self.min_families_ = int(cfg.min_families)
         self.min_size_ = int(self.min_size or self.signals_.cluster.get("min_size", 3))
         self.signup_us_ = int(cfg.signup_bucket_minutes) * 60 * _US
-        self._meta = {}
+        # accounts table rows by id, for accounts not seen yet (an account's fields are
+        # read once, when its first event registers it, and its entry is dropped then)
+        self._meta: dict[str, int] = {}
         if self.accounts is not None and not self.accounts.is_empty():
-            a = self.accounts
-            self._meta = {r["account_id"]: r for r in a.iter_rows(named=True)}
+            ids = self.accounts["account_id"].to_list()
+            self._meta = dict(zip(ids, range(len(ids))))          # the last row wins
         rel = self.releases
         self.releases_ = ([] if rel is None or rel.is_empty() else
                           sorted((int(r[1].timestamp() * _US), r[0])
@@ -172,30 +183,36 @@ class OnlineDetector:
         self.hour_ = np.zeros((cap, 24), np.uint32)
         self.wday_ = np.zeros((cap, 7), np.uint32)
         self.hll_ = np.zeros((len(HLL_KINDS), cap, HLL_M), np.uint8)
-        self.win_ = np.zeros((cap, MAX_RELEASES, 2), np.uint32)
+        self.win_ = np.zeros((cap, max(len(self.releases_), 1), 2), np.uint32)
         self.task_ = np.zeros((cap, len(TASKS)), np.uint32)
         self.hh_id_ = np.zeros((cap, HH_K), np.uint64)
         self.hh_cnt_ = np.zeros((cap, HH_K), np.uint32)
         self.meta_ = {"tier": np.zeros(cap, np.int8), "verified": np.zeros(cap, bool),
-                      "billing": np.zeros(cap, np.uint64), "paykey": np.zeros(cap, np.uint64)}
+                      "billing": np.zeros(cap, np.uint64), "paykey": np.zeros(cap, np.uint64),
+                      "emailkey": np.zeros(cap, np.uint64)}
         self.verdict_ = np.zeros(cap, np.int8)
         self.seed_ = np.zeros(cap, bool)              # attack on its own evidence (a seed)
         self.parent_ = np.arange(cap, dtype=np.int64)
         self.gkinds_ = np.zeros(cap, np.int64)        # link-kind bits per union-find root
         self.reasons_: list[str] = []
+        self.reason_strs_: dict[str, str] = {"": ""}
         self.tiers_: list[str] = ["unknown"]
         self.vindex_: dict[int, list[int] | None] = {}
-        self.pairs_: dict[int, int] = {}
+        self.pairs_ = PairBits()
         self.templates_: dict[int, list[int]] = {}    # tid -> [count, first account, n_acc]
         self.strong_: dict[int, list[int]] = {}       # direct links (min_families families)
         self.members_: dict[int, list[int]] = {}
         self.t0_ = None
+        self.task_cache_: dict[int, tuple[int, int, int]] = {}
+        self.tid_cache_: dict[int, int] = {}
 
     def _grow(self, need: int) -> None:
         cap = len(self.parent_)
         if need <= cap:
             return
-        new = max(need, cap * 2)
+        # grow by a quarter (rows are allocated, used or not: doubling would leave up to
+        # half of them empty at a large account count)
+        new = max(need + need // 8, cap + cap // 4)
 
         def g(a):
             out = np.zeros((new,) + a.shape[1:], a.dtype)
@@ -226,7 +243,7 @@ class OnlineDetector:
         start = self.n_accounts_
         self._grow(start + len(ids))
         inc = []
-        metas = [self._meta.get(aid) or {} for aid in ids]
+        metas = self._account_rows(ids)
         strs = sorted({m[k] for m in metas for k in ("billing_country", "payment_fingerprint",
                                                       "email_domain") if m.get(k)})
         hv = dict(zip(strs, pl.Series(strs, dtype=pl.String).hash(seed=0).to_list()))
@@ -249,10 +266,21 @@ class OnlineDetector:
                 self.meta_["paykey"][i] = _vkey(3, inc[-1][2])
             if m.get("email_domain"):
                 inc.append((i, 4, hv[m["email_domain"]]))
+                self.meta_["emailkey"][i] = _vkey(4, inc[-1][2])
             if ca is not None:
                 inc.append((i, 5, int(ca.timestamp() * _US) // self.signup_us_))
         self.n_accounts_ += len(ids)
         return inc
+
+    def _account_rows(self, ids: list[str]) -> list[dict]:
+        """Accounts-table rows of new accounts ``ids`` ({} when absent), dropped from the
+        lookup (an account is registered once)."""
+        rows = [self._meta.pop(a, None) for a in ids]
+        have = [r for r in rows if r is not None]
+        if not have:
+            return [{} for _ in ids]
+        got = iter(self.accounts[have].to_dicts())
+        return [next(got) if r is not None else {} for r in rows]
 
     # -- learning --------------------------------------------------------------------------
     def learn_one(self, event: dict) -> None:
@@ -287,6 +315,7 @@ class OnlineDetector:
         acc = known.to_numpy()
         if self.t0_ is None:
             self.t0_ = int(ts.min())
+        X = self._event_columns(ev)
         # group by account keeping time order inside each group
         order = np.argsort(acc, kind="stable")
         a_s, ts_s = acc[order], ts[order]
@@ -324,29 +353,26 @@ class OnlineDetector:
             C["session"] += np.bincount(gu, g > 1800.0, minlength=len(C["n"])).astype(np.int64)
             F["gap_sum"] += np.bincount(gu, g, minlength=len(C["n"]))
             F["gap_sq"] += np.bincount(gu, g * g, minlength=len(C["n"]))
-        nut = ev["n_user_turns"].fill_null(1).to_numpy()[order]
-        C["single"][u] += seg(nut <= 1).astype(np.int64)
-        C["tool"][u] += seg(ev["tool_names"].list.len().fill_null(0).to_numpy()[order] > 0) \
-            .astype(np.int64)
-        C["tool_result"][u] += seg(ev["has_tool_results"].fill_null(False).to_numpy()[order]) \
-            .astype(np.int64)
-        C["thinking"][u] += seg(ev["thinking"].fill_null(0).to_numpy()[order] > 0).astype(np.int64)
-        C["logprobs"][u] += seg(ev["logprobs"].fill_null(0).to_numpy()[order] > 0).astype(np.int64)
+        C["single"][u] += seg(X["nut"][order] <= 1).astype(np.int64)
+        C["tool"][u] += seg(X["ntools"][order] > 0).astype(np.int64)
+        C["tool_result"][u] += seg(X["tool_result"][order]).astype(np.int64)
+        C["thinking"][u] += seg(X["thinking"][order] > 0).astype(np.int64)
+        C["logprobs"][u] += seg(X["logprobs"][order] > 0).astype(np.int64)
         # max_tokens at the account's cap: count of events equal to the running maximum
-        mt = ev["max_tokens"].fill_null(-1).to_numpy()[order].astype(np.float64)
+        mt = X["max_tokens"][order].astype(np.float64)
         bmax = np.maximum.reduceat(mt, start)
         old = F["cap_max"][u]
         newmax = np.maximum(old, bmax)
         at = seg(mt == np.repeat(newmax, cnt))
         C["cap_count"][u] = np.where(newmax > old, 0, C["cap_count"][u]) + at.astype(np.int64)
         F["cap_max"][u] = newmax
-        tmp = ev["temperature"].to_numpy()[order]
+        tmp = X["temperature"][order]
         ok = ~np.isnan(tmp.astype(np.float64))
         F["temp_n"][u] += seg(ok)
         F["temp_sum"][u] += seg(np.where(ok, tmp, 0.0))
         F["temp_sq"][u] += seg(np.where(ok, tmp * tmp, 0.0))
         for name, cname in (("in", "input_tokens"), ("out", "output_tokens")):
-            x = ev[cname].to_numpy()[order].astype(np.float64)
+            x = X[cname][order].astype(np.float64)
             ok = ~np.isnan(x)
             F[f"{name}_tok"][u] += seg(np.where(ok, x, 0.0))
             F[f"{name}_n"][u] += seg(ok)
@@ -355,35 +381,22 @@ class OnlineDetector:
         np.add.at(self.hour_, (a_s, hours), 1)
         np.add.at(self.wday_, (a_s, wd), 1)
         # country mismatch against the billing country
-        ctry = ev["country"]
-        ch = ctry.hash(seed=0).to_numpy()[order]
+        ch = X["country_h0"][order]
         bill = self.meta_["billing"][a_s]
-        C["mismatch"][u] += seg((bill != 0) & ctry.is_not_null().to_numpy()[order]
+        C["mismatch"][u] += seg((bill != 0) & X["countries_nn"][order]
                                 & (ch != bill)).astype(np.int64)
         # distinct counts: HyperLogLog registers
-        # n_clients counts user agent + TLS pairs (as fingerprint.py); linking uses ASN + both
-        cexpr = pl.concat_str([pl.col("user_agent"), pl.col("tls_fingerprint")],
-                              separator="|", ignore_nulls=True)
-        lexpr = pl.concat_str([pl.col("asn").cast(pl.String), cexpr], separator="|",
-                              ignore_nulls=True)
-        cl = ev.select(pl.when(cexpr.str.len_chars() > 0).then(cexpr).alias("c"),
-                       pl.when(cexpr.str.len_chars() > 0).then(lexpr).alias("l"))
-        client, link_client = cl["c"], cl["l"]
-        cols = {"keys": ev["api_key_id"], "ips": ev["ip"], "prefixes": ev["ip_prefix"],
-                "asns": ev["asn"].cast(pl.String), "countries": ctry,
-                "clients": client, "models": ev["model"]}
         hashes = {}
         for k, name in enumerate(HLL_KINDS):
-            s = cols[name]
-            h = s.hash(seed=17).to_numpy()[order]
-            nn = s.is_not_null().to_numpy()[order]
+            h = X[f"{name}_h"][order]
+            nn = X[f"{name}_nn"][order]
             hashes[name] = (h, nn)
             idx, rank = _hll_parts(h[nn])
             reg = self.hll_[k]
             np.maximum.at(reg, (a_s[nn], idx), rank)
         # model pivot: exchanges in the 24 h after each release, and those on the new model
         if self.releases_:
-            model = ev["model"].to_numpy()[order]
+            model = X["model"][order]
             for r, (rts, rmodel) in enumerate(self.releases_):
                 if rts <= self.t0_:
                     continue
@@ -393,26 +406,20 @@ class OnlineDetector:
                     np.add.at(self.win_[:, r, 1], a_s[w & (model == rmodel)], 1)
         # content: classify a bounded sample of prompts
         n_at = np.repeat(n_before, cnt) + pos + 1
-        ph = ev["prompt"].hash(seed=self.seed).to_numpy()[order]
+        ph = X["prompt_h"][order]
         pick = ((C["cls_n"][a_s] + pos) < self.max_prompts) | (
             (ph % np.maximum(n_at, 1).astype(np.uint64)) < np.uint64(self.max_prompts))
         if pick.any():
-            self._learn_content(ev, order[pick], a_s[pick], ts_s[pick])
+            self._learn_content(ev, order[pick], a_s[pick], ph[pick])
         # shared-value incidences for online linking
-        lc = (link_client.hash(seed=17).to_numpy()[order],
-              link_client.is_not_null().to_numpy()[order])
+        lc = (X["link_h"][order], X["link_nn"][order])
         ev_inc = [(0, hashes["ips"]), (1, hashes["prefixes"]), (2, lc)]
-        for kind, (h, nn) in ev_inc:
-            inc_arr = np.unique(np.stack([a_s[nn].astype(np.uint64), h[nn]], axis=1), axis=0) \
-                if nn.any() else np.zeros((0, 2), np.uint64)
-            inc += [(int(a), kind, int(v)) for a, v in inc_arr]
         for kind, cname in ((6, "system_hash"), (7, "tools_hash")):
-            s = ev[cname]
-            nn = s.is_not_null().to_numpy()[order]
+            ev_inc.append((kind, (X[cname][order], X[f"{cname}_nn"][order])))
+        for kind, (h, nn) in ev_inc:
             if nn.any():
-                pairs = np.unique(np.stack([a_s[nn].astype(np.uint64),
-                                            s.to_numpy()[order][nn].astype(np.uint64)], 1), axis=0)
-                inc += [(int(a), kind, int(v)) for a, v in pairs]
+                a, v = _unique_pairs(a_s[nn], h[nn].astype(np.uint64))
+                inc += zip(a.tolist(), [kind] * len(a), v.tolist())
         if inc:
             self._link(inc)
         due = u[C["n"][u] >= F["next_check"][u]]
@@ -446,30 +453,78 @@ class OnlineDetector:
             C["day_max"][ua] = new
         C["day_n"][racc[last]] = rtot[last]
 
+    def _event_columns(self, ev: pl.DataFrame) -> dict[str, np.ndarray]:
+        """Every per-event column ``learn_many`` reads, as numpy arrays in event order, from
+        one polars query (a Series method each would cost one query each: ~40 a chunk)."""
+        # n_clients counts user agent + TLS pairs (as fingerprint.py); linking uses ASN + both
+        cexpr = pl.concat_str([pl.col("user_agent"), pl.col("tls_fingerprint")],
+                              separator="|", ignore_nulls=True)
+        lexpr = pl.concat_str([pl.col("asn").cast(pl.String), cexpr], separator="|",
+                              ignore_nulls=True)
+        has_client = cexpr.str.len_chars() > 0
+        hll_cols = {"keys": pl.col("api_key_id"), "ips": pl.col("ip"),
+                    "prefixes": pl.col("ip_prefix"), "asns": pl.col("asn").cast(pl.String),
+                    "countries": pl.col("country"),
+                    "clients": pl.when(has_client).then(cexpr), "models": pl.col("model")}
+        link = pl.when(has_client).then(lexpr)
+        exprs = [pl.col("n_user_turns").fill_null(1).alias("nut"),
+                 pl.col("tool_names").list.len().fill_null(0).alias("ntools"),
+                 pl.col("has_tool_results").fill_null(False).alias("tool_result"),
+                 pl.col("thinking").fill_null(0), pl.col("logprobs").fill_null(0),
+                 pl.col("max_tokens").fill_null(-1), pl.col("temperature"),
+                 pl.col("input_tokens"), pl.col("output_tokens"),
+                 pl.col("country").hash(seed=0).alias("country_h0"),
+                 pl.col("prompt").hash(seed=self.seed).alias("prompt_h"),
+                 link.hash(seed=17).alias("link_h"), link.is_not_null().alias("link_nn"),
+                 pl.col("system_hash"), pl.col("system_hash").is_not_null().alias(
+                     "system_hash_nn"),
+                 pl.col("tools_hash"), pl.col("tools_hash").is_not_null().alias(
+                     "tools_hash_nn")]
+        for name, e in hll_cols.items():
+            exprs += [e.hash(seed=17).alias(f"{name}_h"), e.is_not_null().alias(f"{name}_nn")]
+        if self.releases_:
+            exprs.append(pl.col("model"))
+        out = ev.select(exprs)
+        return {c: out[c].to_numpy() for c in out.columns}
+
     def _learn_content(self, ev: pl.DataFrame, rows: np.ndarray, acc: np.ndarray,
-                       ts: np.ndarray) -> None:
-        sub = ev[rows]
-        uniq = sub.select("prompt", "system", "tool_names").with_row_index("_r")
-        key = uniq.select(pl.struct("prompt", "system", "tool_names").hash(seed=1))["prompt"]
-        u_df = pl.DataFrame({"k": key, "r": uniq["_r"]}).unique("k", keep="first",
-                                                                  maintain_order=True)
-        usub = sub[u_df["r"].to_numpy()]
-        pred = predict_tasks(usub.with_columns(pl.col("prompt").fill_null("")),
-                             self.classifier_)
-        lut = pl.DataFrame({"k": u_df["k"], "task": pred["task"], "cot": pred["cot_score"],
-                            "sens": pred["sensitive_score"]})
-        got = pl.DataFrame({"k": key}).join(lut, on="k", how="left", maintain_order="left")
-        tix = got["task"].replace_strict({t: i for i, t in enumerate(TASKS)},
-                                         default=len(TASKS) - 1,
-                                         return_dtype=pl.Int64).to_numpy()
-        np.add.at(self.task_, (acc, tix), 1)
+                       ph: np.ndarray) -> None:
+        """Classify the sampled prompts ``rows`` of ``ev`` (accounts ``acc``, prompt hashes
+        ``ph``) and count their tasks and templates.
+
+        The classifier's answer for a (prompt, system, tools) and the template id of a
+        prompt are kept in bounded caches (``CACHE_MAX`` entries, emptied when full): both
+        are functions of the text alone, so a cached answer is the one a new call would give,
+        and campaigns and tools resend the same texts (a third of the classified texts and
+        half of the prompts of the demo log were seen in an earlier chunk).
+        """
+        sub = ev.select("prompt", "system", "tool_names")[rows]
+        key = sub.select(pl.struct("prompt", "system", "tool_names").hash(seed=1)) \
+            .to_series().to_list()
+        cache = self.task_cache_
+        if len(cache) + len(key) > CACHE_MAX:
+            cache.clear()
+        todo = list(dict.fromkeys(k for k in key if k not in cache))
+        if todo:
+            first: dict[int, int] = {}
+            for j, k in enumerate(key):
+                first.setdefault(k, j)
+            usub = sub[[first[k] for k in todo]]
+            pred = predict_tasks(usub.with_columns(pl.col("prompt").fill_null("")),
+                                 self.classifier_)
+            code = {t: i for i, t in enumerate(TASKS)}
+            for k, t, c, sn in zip(todo, pred["task"].to_list(),
+                                   pred["cot_score"].to_list(),
+                                   pred["sensitive_score"].to_list()):
+                cache[k] = (code.get(t, len(TASKS) - 1), int(c > 0.5), int(sn > 0.5))
+        got = np.array([cache[k] for k in key], dtype=np.int64).reshape(-1, 3)
+        np.add.at(self.task_, (acc, got[:, 0]), 1)
         np.add.at(self.c_["cls_n"], acc, 1)
-        np.add.at(self.c_["cot"], acc, (got["cot"].to_numpy() > 0.5).astype(np.int64))
-        np.add.at(self.c_["sens"], acc, (got["sens"].to_numpy() > 0.5).astype(np.int64))
-        tids = normalize_prompts(sub["prompt"]).hash(seed=3).to_numpy()
+        np.add.at(self.c_["cot"], acc, got[:, 1])
+        np.add.at(self.c_["sens"], acc, got[:, 2])
+        tids = self._template_ids(sub["prompt"], ph)
         inc = []
-        for a, t in zip(acc.tolist(), tids.tolist()):
-            self._hh_add(a, t)
+        for a, t in zip(acc.tolist(), tids):
             rec = self.templates_.get(t)
             if rec is None:
                 self.templates_[t] = [1, a, 1]
@@ -478,20 +533,47 @@ class OnlineDetector:
                 if rec[2] == 1 and rec[1] != a:
                     rec[2] = 2
             inc.append((a, 8, t))
+        self._hh_add_many(acc.tolist(), tids)
         self._link(list(set(inc)))
 
-    def _hh_add(self, a: int, t: int) -> None:
-        """Misra-Gries heavy hitters of the account's templates (HH_K counters)."""
-        ids, cnt = self.hh_id_[a], self.hh_cnt_[a]
-        hit = np.flatnonzero((ids == np.uint64(t)) & (cnt > 0))
-        if len(hit):
-            cnt[hit[0]] += 1
-            return
-        free = np.flatnonzero(cnt == 0)
-        if len(free):
-            ids[free[0]], cnt[free[0]] = t, 1
-        else:
-            cnt -= 1
+    def _template_ids(self, prompts: pl.Series, ph: np.ndarray) -> list[int]:
+        """Template ids (hash of the normalised prompt) of ``prompts``, whose hashes are
+        ``ph``; normalises only the prompts not in the cache."""
+        cache = self.tid_cache_
+        ph = ph.tolist()
+        if len(cache) + len(ph) > CACHE_MAX:
+            cache.clear()
+        miss = [j for j, h in enumerate(ph) if h not in cache]
+        if miss:
+            new = normalize_prompts(prompts.gather(miss)).hash(seed=3).to_list()
+            cache.update(zip((ph[j] for j in miss), new))
+        return [cache[h] for h in ph]
+
+    def _hh_add_many(self, acc: list[int], tids: list[int]) -> None:
+        """Misra-Gries heavy hitters of each account's templates (HH_K counters), fed the
+        templates in order: a known one counts up, a new one takes a free slot, and with
+        none free every counter counts down."""
+        rows: dict[int, tuple[list, list]] = {}
+        for a, t in zip(acc, tids):
+            r = rows.get(a)
+            if r is None:
+                r = rows[a] = (self.hh_id_[a].tolist(), self.hh_cnt_[a].tolist())
+            ids, cnt = r
+            for j in range(HH_K):
+                if cnt[j] > 0 and ids[j] == t:
+                    cnt[j] += 1
+                    break
+            else:
+                for j in range(HH_K):
+                    if cnt[j] == 0:
+                        ids[j], cnt[j] = t, 1
+                        break
+                else:
+                    for j in range(HH_K):
+                        cnt[j] -= 1
+        for a, (ids, cnt) in rows.items():
+            self.hh_id_[a] = ids
+            self.hh_cnt_[a] = cnt
 
     # -- linking ---------------------------------------------------------------------------
     def _find(self, x: int) -> int:
@@ -525,11 +607,9 @@ class OnlineDetector:
             if kind == 3 and self.seed_[lst].any():
                 self._due_now([a])                    # shares a payment with a seed
             bit = 1 << int(fam[kind])
-            for b in lst:
-                pk = (min(a, b) << 32) | max(a, b)
-                old = pairs.get(pk, 0)
+            olds = pairs.or_many([(a << 32) | b if a < b else (b << 32) | a for b in lst], bit)
+            for b, old in zip(lst, olds):
                 bits = old | bit
-                pairs[pk] = bits
                 if bin(bits).count("1") >= self.min_families_:
                     self._union(a, b, 1 << kind)
                     if bin(old).count("1") < self.min_families_:
@@ -585,8 +665,7 @@ class OnlineDetector:
             tvar = (F["temp_sq"] - F["temp_n"] * tmean ** 2) / (F["temp_n"] - 1)
             tstd = np.where(F["temp_n"] > 1, np.sqrt(np.maximum(tvar, 0)), 0.0)
             out_in = np.nan_to_num(F["out_tok"] / F["in_tok"], posinf=0.0)
-        est = {name: np.round(_hll_estimate(self.hll_[k][idx]))
-               for k, name in enumerate(HLL_KINDS)}
+        est = dict(zip(HLL_KINDS, np.round(_hll_estimate(self.hll_[:, idx]))))
         hour = self.hour_[idx].astype(np.float64)
         win = self.win_[idx].astype(np.float64)
         with np.errstate(divide="ignore", invalid="ignore"):
@@ -644,21 +723,22 @@ class OnlineDetector:
             "template_reuse_share": reuse, "shared_template_share": shared,
             **{f"share_{t}": task[:, i] for i, t in enumerate(TASKS)},
         }
-        df = pl.DataFrame(cols)
-        # account fields the batch cluster features read
-        meta = [self._meta.get(a) or {} for a in df["account_id"].to_list()]
-        return df.with_columns(
-            payment_fingerprint=pl.Series([m.get("payment_fingerprint") for m in meta],
-                                          dtype=pl.String),
-            email_domain=pl.Series([m.get("email_domain") for m in meta], dtype=pl.String),
-        )
+        # account fields the batch cluster features read (compared for equality only:
+        # their 64-bit hashes stand in for the strings, null when absent)
+        for name, key in (("payment_fingerprint", "paykey"), ("email_domain", "emailkey")):
+            cols[name] = pl.Series([k or None for k in self.meta_[key][idx].tolist()],
+                                   dtype=pl.UInt64)
+        # from Series: a dict of numpy arrays costs ~4x as much to turn into a frame
+        return pl.DataFrame([pl.Series(k, v) for k, v in cols.items()])
 
     def _template_shares(self, idx, cls) -> tuple[np.ndarray, np.ndarray]:
         ids, cnt = self.hh_id_[idx], self.hh_cnt_[idx].astype(np.float64)
-        tpl = self.templates_
-        flat = ids.ravel().tolist()
-        big = np.array([(tpl.get(t) or (0, 0, 0))[0] >= 5 for t in flat]).reshape(ids.shape)
-        shr = np.array([(tpl.get(t) or (0, 0, 0))[2] >= 2 for t in flat]).reshape(ids.shape)
+        live = cnt > 0                       # a slot counted down to 0 holds a stale id
+        uq, inv = np.unique(ids[live], return_inverse=True)
+        recs = [self.templates_.get(t) or (0, 0, 0) for t in uq.tolist()]
+        big, shr = np.zeros(ids.shape, bool), np.zeros(ids.shape, bool)
+        big[live] = np.array([r[0] >= 5 for r in recs], bool)[inv]
+        shr[live] = np.array([r[2] >= 2 for r in recs], bool)[inv]
         return ((cnt * big).sum(1) / cls).clip(0, 1), ((cnt * shr).sum(1) / cls).clip(0, 1)
 
     def _tier_pct(self, idx, per_day) -> np.ndarray:
@@ -684,15 +764,15 @@ class OnlineDetector:
         extra = [m for r in in_grp for m in groups[r]]
         allidx = np.unique(np.concatenate([idx, np.array(extra, dtype=np.int64)]))
         feats = self.features(allidx)
-        mem_idx = np.array(extra, dtype=np.int64)
+        names = [self.cluster_name(r) for r in in_grp]
         membership = pl.DataFrame({
-            "account_id": pl.Series([self.ids_[i] for i in mem_idx], dtype=pl.String),
-            "cluster_id": pl.Series([self.cluster_name(r) for r in in_grp
+            "account_id": pl.Series([self.ids_[i] for i in extra], dtype=pl.String),
+            "cluster_id": pl.Series([nm for r, nm in zip(in_grp, names)
                                      for _ in groups[r]], dtype=pl.String)})
         cf = cluster_features(feats, membership, pl.DataFrame(), None)
         if not membership.is_empty():
             kinds = pl.DataFrame({
-                "cluster_id": [self.cluster_name(r) for r in in_grp],
+                "cluster_id": names,
                 "mean_edge_kinds": [float(bin(int(self.gkinds_[r])).count("1"))
                                     for r in in_grp],
                 "shared_template_share": [self._group_template_share(groups[r])
@@ -704,14 +784,16 @@ class OnlineDetector:
     def _group_template_share(self, members: list[int]) -> float:
         m = np.array(members)
         ids, cnt = self.hh_id_[m].ravel(), self.hh_cnt_[m].ravel()
-        acc = np.repeat(m, HH_K)
+        acc = np.repeat(np.arange(len(m)), HH_K)
         keep = cnt > 0
         if not keep.any():
             return 0.0
-        df = pl.DataFrame({"a": acc[keep], "t": ids[keep], "c": cnt[keep].astype(np.int64)})
-        per_t = df.group_by("t").agg(n_acc=pl.col("a").n_unique(), n=pl.col("c").sum())
-        tot = per_t["n"].sum()
-        return float(per_t.filter(pl.col("n_acc") >= 2)["n"].sum() / tot) if tot else 0.0
+        uq, inv = np.unique(ids[keep], return_inverse=True)
+        n = np.bincount(inv, weights=cnt[keep], minlength=len(uq)).astype(np.int64)
+        pairs = np.unique(inv.astype(np.int64) * len(m) + acc[keep])   # (template, account)
+        n_acc = np.bincount(pairs // len(m), minlength=len(uq))
+        tot = int(n.sum())
+        return float(int(n[n_acc >= 2].sum()) / tot) if tot else 0.0
 
     def cluster_name(self, root: int) -> str:
         """Live cluster id: ``L`` + the lowest account index of the group (stable on merge)."""
@@ -744,8 +826,9 @@ class OnlineDetector:
             idx, score, np.array([VERDICT_CODE[v] for v in res.verdict], dtype=np.int8),
             list(res.reasons))
         self.verdict_[idx] = code
+        intern = self.reason_strs_
         for i, r in zip(idx.tolist(), reasons):
-            self.reasons_[i] = r
+            self.reasons_[i] = intern.setdefault(r, r)      # one object per distinct text
         self.f_["next_check"][idx] = np.where(
             soon > 0, np.maximum(soon, n + 1),
             np.maximum(n + 1, np.ceil(n * self._rescore_factor())))
@@ -858,7 +941,7 @@ class OnlineDetector:
                       for a in arrays)
         ids = sum(len(s) + 49 for s in self.ids_) / n + 8 + 64   # str objects + dict slot
         shared = (sum(8 + (len(v) * 8 + 56 if v else 0) for v in self.vindex_.values())
-                  + len(self.pairs_) * 80 + len(self.templates_) * 120
+                  + self.pairs_.nbytes() + len(self.templates_) * 120
                   + sum(156 + 8 * len(v) for v in self.strong_.values()))
         return {"per_account_bytes": per_row + ids, "shared_index_bytes": shared,
                 "shared_per_account_bytes": shared / n, "accounts": self.n_accounts_}
@@ -883,8 +966,7 @@ class OnlineDetector:
         arr["v_keys"] = vk
         arr["v_len"] = np.array([-1 if v is None else len(v) for v in vl], np.int64)
         arr["v_flat"] = np.array([a for v in vl if v for a in v], np.int64)
-        arr["p_keys"] = np.array(list(self.pairs_.keys()), np.uint64)
-        arr["p_vals"] = np.array(list(self.pairs_.values()), np.int64)
+        arr["p_keys"], arr["p_vals"] = self.pairs_.arrays()
         arr["t_keys"] = np.array(list(self.templates_.keys()), np.uint64)
         arr["t_vals"] = np.array(list(self.templates_.values()), np.int64).reshape(-1, 3)
         buf = io.BytesIO()
@@ -911,7 +993,10 @@ class OnlineDetector:
         self.hll_[:, :n] = z["hll"]
         self.ids_ = z["ids"].tolist()
         self.index_ = {a: i for i, a in enumerate(self.ids_)}
-        self.reasons_ = z["reasons"].tolist()
+        for a in self.ids_:
+            self._meta.pop(a, None)
+        intern = self.reason_strs_
+        self.reasons_ = [intern.setdefault(r, r) for r in z["reasons"].tolist()]
         self.tiers_ = z["tiers"].tolist()
         self.n_accounts_ = n
         t0 = int(z["t0"][0])
@@ -924,7 +1009,7 @@ class OnlineDetector:
             else:
                 self.vindex_[k] = flat[off:off + ln]
                 off += ln
-        self.pairs_ = dict(zip(z["p_keys"].tolist(), z["p_vals"].tolist()))
+        self.pairs_ = PairBits(z["p_keys"], z["p_vals"])
         self.templates_ = {k: list(v) for k, v in zip(z["t_keys"].tolist(),
                                                       z["t_vals"].tolist())}
         self.strong_ = {}
@@ -938,6 +1023,85 @@ class OnlineDetector:
             members.setdefault(self._find(i), []).append(i)
         self.members_ = {r: m for r, m in members.items() if len(m) > 1}
         return self
+
+
+class PairBits:
+    """Link-family bits of every linked account pair, keyed ``min << 32 | max``.
+
+    A dict costs ≈ 100 bytes a pair (a key object, a slot, spare room); pairs are the largest
+    shared index (≈ 20 a account), so settled pairs live in two sorted numpy arrays (8-byte
+    key + 1 byte of bits) and only recently created ones in a dict, merged into the arrays
+    when it holds more than 1/16 of them (at least ``MIN_RECENT``).
+    """
+
+    MIN_RECENT = 1 << 16
+
+    def __init__(self, keys=None, bits=None) -> None:
+        self.recent: dict[int, int] = {}
+        self.keys = np.zeros(0, np.int64) if keys is None else np.asarray(keys, np.int64)
+        self.bits = np.zeros(0, np.uint8) if bits is None else np.asarray(bits, np.uint8)
+        if len(self.keys) > 1 and (np.diff(self.keys) <= 0).any():
+            o = np.argsort(self.keys, kind="stable")
+            self.keys, self.bits = self.keys[o], self.bits[o]
+
+    def __len__(self) -> int:
+        return len(self.recent) + len(self.keys)
+
+    def or_many(self, pks: list[int], bit: int) -> list[int]:
+        """Set ``bit`` on the distinct pairs ``pks`` (created if new); their old bits."""
+        rec = self.recent
+        olds = [rec.get(k, -1) for k in pks]
+        need = [j for j, o in enumerate(olds) if o < 0]
+        for j, o in enumerate(olds):
+            if o >= 0:
+                rec[pks[j]] = o | bit
+        if need and len(self.keys):
+            arr = np.array([pks[j] for j in need], np.int64)
+            pos = np.minimum(self.keys.searchsorted(arr), len(self.keys) - 1)
+            hit = self.keys[pos] == arr
+            found = np.where(hit, self.bits[pos], 0).tolist()
+            self.bits[pos[hit]] |= np.uint8(bit)
+            for j, h, o in zip(need, hit.tolist(), found):
+                olds[j] = o
+                if not h:
+                    rec[pks[j]] = bit
+        else:
+            for j in need:
+                olds[j] = 0
+                rec[pks[j]] = bit
+        if len(rec) > max(self.MIN_RECENT, len(self.keys) >> 4):
+            self._merge()
+        return olds
+
+    def _merge(self) -> None:
+        k = np.fromiter(self.recent.keys(), np.int64, len(self.recent))
+        b = np.fromiter(self.recent.values(), np.uint8, len(self.recent))
+        o = np.argsort(k)
+        k, b = k[o], b[o]
+        pos = self.keys.searchsorted(k)
+        self.keys, self.bits = np.insert(self.keys, pos, k), np.insert(self.bits, pos, b)
+        self.recent.clear()
+
+    def items(self):
+        """(key, bits) of every pair: arrays, then recent ones."""
+        yield from zip(self.keys.tolist(), self.bits.tolist())
+        yield from self.recent.items()
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        self._merge()
+        return self.keys, self.bits
+
+    def nbytes(self) -> int:
+        return self.keys.nbytes + self.bits.nbytes + len(self.recent) * 100
+
+
+def _unique_pairs(a: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct (a, v) pairs sorted by a, then v (as ``np.unique(..., axis=0)``, faster)."""
+    o = np.lexsort((v, a))
+    a, v = a[o], v[o]
+    keep = np.ones(len(a), bool)
+    keep[1:] = (a[1:] != a[:-1]) | (v[1:] != v[:-1])
+    return a[keep], v[keep]
 
 
 def _vkey(kind: int, value: int) -> int:

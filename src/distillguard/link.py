@@ -136,6 +136,7 @@ def edges_from_incidences(inc: pl.DataFrame, n_accounts: int, cfg: LinkConfig) -
     fams = sorted({fam_of.get(k, k) for k in kinds})
     kfam = [fams.index(fam_of.get(k, k)) for k in kinds]
     ids = inc["account_id"].unique().sort()
+    n_ids = len(ids)
     # one global seeded order of accounts (not per value), so that the rings of two values
     # with the same members coincide and their pairs keep both kinds
     g = (inc.filter(pl.col("kind").is_in(kinds))
@@ -152,16 +153,22 @@ def edges_from_incidences(inc: pl.DataFrame, n_accounts: int, cfg: LinkConfig) -
          .select("a", "kc", "gid", "k"))
     if g.is_empty():
         return pl.DataFrame(schema=schema)
-    a = g["a"].to_numpy().astype(np.int64)
+    a = g["a"].to_numpy().astype(np.uint64)
     kc = g["kc"].to_numpy().astype(np.int64)
     k = g["k"].to_numpy().astype(np.int64)
     gid = g["gid"].to_numpy()
     del g
     n = len(a)
-    # a value shared by at most full_pairs_max accounts links all pairs (each once); a larger
-    # group is a ring lattice: each account to its ring_degree successors
+    # a value shared by at most full_pairs_max accounts links all pairs (each once: an account
+    # to the members after it); a larger group is a ring lattice: each account to its
+    # ring_degree successors (wrapping). Spans, ranks and weights per member, pairs by index
+    # arithmetic on the group-sorted members.
+    gfirst = np.flatnonzero(np.r_[True, gid[1:] != gid[:-1]])
+    gstart = np.repeat(gfirst, np.diff(np.r_[gfirst, n]))
+    rank = np.arange(n) - gstart
     full = k <= cfg.full_pairs_max
-    span = np.where(full, k - 1, min(cfg.ring_degree, cfg.full_pairs_max))
+    span = np.where(full, k - 1 - rank, min(cfg.ring_degree, cfg.full_pairs_max))
+    wpos = kw[kc] * (math.log(n_accounts) - np.log(k)) / log_n
     # pair rows are made and reduced in buckets of the pair key (hash of the account pair),
     # spilled to disk between the two, so memory is bounded by PAIR_CHUNK, not by the log
     n_pairs = int(span.sum())
@@ -176,38 +183,62 @@ def edges_from_incidences(inc: pl.DataFrame, n_accounts: int, cfg: LinkConfig) -
     ring_wraps = 2 * min(cfg.ring_degree, cfg.full_pairs_max) > cfg.full_pairs_max
 
     def pair_rows(s0: int, s1: int) -> pl.DataFrame:
-        ga = gid[s0:s1]
-        m = s1 - s0
-        start = np.flatnonzero(np.r_[True, ga[1:] != ga[:-1]])
-        gstart = np.repeat(start, np.diff(np.r_[start, m]))
-        r = np.arange(m) - gstart
-        sp, kk, fl = span[s0:s1], k[s0:s1], full[s0:s1]
-        i = np.repeat(np.arange(m), sp)
+        sp = span[s0:s1]
+        i = np.repeat(np.arange(s0, s1), sp)
         d = np.arange(len(i)) - np.repeat(np.cumsum(sp) - sp, sp) + 1
-        r2 = (r[i] + d) % kk[i]
-        keep = ~fl[i] | (r2 > r[i])
-        i, j = i[keep], gstart[i[keep]] + r2[keep]
-        c = kc[s0:s1][i]
-        w = kw[c] * (math.log(n_accounts) - np.log(kk[i])) / log_n
-        aa = a[s0:s1]
-        lo, hi = np.minimum(aa[i], aa[j]), np.maximum(aa[i], aa[j])
-        return pl.DataFrame({"p": (lo << 32) | hi, "kc": c, "w": w, "gid": ga[i]})
+        j = i + d  # full groups: the next members
+        ring = np.flatnonzero(~full[i])
+        if len(ring):
+            ir = i[ring]
+            j[ring] = gstart[ir] + (rank[ir] + d[ring]) % k[ir]
+        ai, aj = a[i], a[j]
+        lo, hi = np.minimum(ai, aj), np.maximum(ai, aj)
+        rows = {"p": lo * np.uint64(n_ids) + hi, "kc": kc[i], "w": wpos[i]}
+        if ring_wraps:
+            rows["gid"] = gid[i]
+        return pl.DataFrame(rows)
+
+    # kinds coded family by family, so that a pair's kinds of one family are adjacent once
+    # its rows are sorted by (pair, code); bit: the kind's bit in the mask (name order)
+    by_fam = sorted(range(len(kinds)), key=lambda c: (kfam[c], c))
+    code = np.empty(len(kinds), np.uint64)
+    code[by_fam] = np.arange(len(kinds), dtype=np.uint64)
+    fam_of_code = np.array([kfam[c] for c in by_fam], np.int64)
+    bit_of_code = np.array([1 << c for c in by_fam], np.int64)
+    n_codes = np.uint64(len(kinds))
+
+    def _segments(key: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(segment id per row, first row per segment) of a sorted key."""
+        new = np.r_[True, key[1:] != key[:-1]]
+        return np.cumsum(new) - 1, np.flatnonzero(new)
 
     def reduce(pairs: pl.DataFrame) -> pl.DataFrame:
+        """Edges (p, weight, m) of pair rows: one stable sort by (pair, kind) and
+        sequential segment sums (``bincount``), since a polars group_by on the (pair,
+        kind) columns of ~20M rows took ~10 s and grew faster than the rows."""
         if ring_wraps:  # a ring may wrap
-            pairs = pairs.unique(["p", "kc", "gid"])
+            pairs = pairs.unique(["p", "kc", "gid"], maintain_order=True)
+        key = pairs["p"].to_numpy() * n_codes + code[pairs["kc"].to_numpy()]
+        order = (pl.DataFrame({"k": key}).with_row_index("i")
+                 .sort("k", maintain_order=True)["i"].to_numpy())
+        key, w = key[order], pairs["w"].to_numpy()[order]
+        del order
         # every shared rare value adds evidence, up to a cap per kind and per family, so a
         # pair sharing many proxy IPs and many templates outweighs one sharing one address
-        per_kind = (pairs.group_by("p", "kc")
-                    .agg(w=pl.col("w").sum().clip(upper_bound=cfg.kind_cap))
-                    .with_columns(f=pl.col("kc").replace_strict(list(range(len(kinds))), kfam),
-                                  bit=pl.lit(2, pl.Int64).pow(pl.col("kc").cast(pl.Int64))))
-        per_fam = per_kind.group_by("p", "f").agg(
-            w=pl.col("w").sum().clip(upper_bound=cfg.family_cap), m=pl.col("bit").sum())
-        return (per_fam.group_by("p")
-                .agg(weight=pl.col("w").sum(), n_fam=pl.len(), m=pl.col("m").sum())
-                .filter((pl.col("n_fam") >= cfg.min_families)
-                        & (pl.col("weight") >= cfg.min_weight)))
+        seg, first = _segments(key)
+        wk = np.minimum(np.bincount(seg, weights=w), cfg.kind_cap)
+        key = key[first]
+        pk, ck = key // n_codes, (key % n_codes).astype(np.int64)
+        seg, first = _segments(pk * n_codes + fam_of_code[ck].astype(np.uint64))
+        wf = np.minimum(np.bincount(seg, weights=wk), cfg.family_cap)
+        mf = np.bincount(seg, weights=bit_of_code[ck]).astype(np.int64)
+        pf = pk[first]
+        seg, first = _segments(pf)
+        weight = np.bincount(seg, weights=wf)
+        n_fam = np.bincount(seg)
+        m = np.bincount(seg, weights=mf).astype(np.int64)
+        keep = (n_fam >= cfg.min_families) & (weight >= cfg.min_weight)
+        return pl.DataFrame({"p": pf[first][keep], "weight": weight[keep], "m": m[keep]})
 
     if n_buckets == 1:
         e = reduce(pair_rows(0, n))
@@ -224,7 +255,8 @@ def edges_from_incidences(inc: pl.DataFrame, n_accounts: int, cfg: LinkConfig) -
             e = pl.concat([reduce(pl.scan_ipc(fs, memory_map=False).collect())
                            for fs in parts if fs])
     p = e["p"].to_numpy()
-    out = pl.DataFrame({"src": ids.gather(p >> 32), "dst": ids.gather(p & 0xFFFFFFFF),
+    out = pl.DataFrame({"src": ids.gather(p // np.uint64(n_ids)),
+                        "dst": ids.gather(p % np.uint64(n_ids)),
                         "weight": e["weight"], "m": e["m"]})
     # kind lists decoded once per distinct bit mask (few), then joined on the mask
     masks = out.select(pl.col("m").unique())["m"].to_list()

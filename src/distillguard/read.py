@@ -40,8 +40,10 @@ import io
 import ipaddress
 import math
 import os
+import queue
 import shutil
 import tempfile
+import threading
 import weakref
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
@@ -985,8 +987,8 @@ def _iter_parquet(path: Path, ctx: _Ctx) -> Iterator[pl.DataFrame]:
     for g in range(md.num_row_groups):
         offset = 0
         try:
-            batches = pf.iter_batches(batch_size=ctx.batch_rows, row_groups=[g],
-                                      use_threads=True)
+            batches = _prefetch(pf.iter_batches(batch_size=ctx.batch_rows, row_groups=[g],
+                                                use_threads=True))
             for batch in batches:
                 ctx.records += batch.num_rows
                 yield from _parquet_batch(path, ctx, batch, g, offset, vec)
@@ -1261,7 +1263,7 @@ class _PartitionWriter:
     def _put(self, i: int, frame: pl.DataFrame) -> None:
         # (string views, compat_level=newest, would save a copy but polars 1.44 exported an
         # invalid list<string_view> for a concatenated tool_names column at 16M)
-        self.writers[i].write_table(frame.to_arrow().cast(self.schema))
+        self._bg.submit(self.writers[i].write_table, frame.to_arrow().cast(self.schema))
 
     def _flush(self, i: int) -> None:
         if self.pending[i]:
@@ -1281,6 +1283,7 @@ class _PartitionWriter:
                 self._flush(i)
 
     def __enter__(self) -> _PartitionWriter:
+        self._bg = _Background()
         return self
 
     def __exit__(self, *exc) -> None:
@@ -1289,8 +1292,96 @@ class _PartitionWriter:
                 for i in range(len(self.writers)):
                     self._flush(i)
         finally:
-            for w in self.writers:
-                w.close()
+            try:
+                self._bg.close(wait=exc[0] is None)
+            finally:
+                for w in self.writers:
+                    w.close()
+
+
+class _Background:
+    """One worker thread running submitted calls in order (bounded queue).
+
+    Arrow's Parquet writer and reader release the GIL, so the cache is encoded and written,
+    and the next input batch decoded, while the main thread normalises: read uses both
+    cores. The first error is re-raised in the main thread by the next ``submit`` or by
+    ``close``.
+    """
+
+    def __init__(self, depth: int = 3) -> None:
+        self._q: queue.Queue = queue.Queue(maxsize=depth)
+        self._err: BaseException | None = None
+        self._t = threading.Thread(target=self._run, daemon=True)
+        self._t.start()
+
+    def _run(self) -> None:
+        while True:
+            item = self._q.get()
+            if item is None:
+                return
+            if self._err is None:
+                try:
+                    item[0](*item[1:])
+                except BaseException as e:  # noqa: BLE001 - handed to the main thread
+                    self._err = e
+
+    def _check(self) -> None:
+        if self._err is not None:
+            err, self._err = self._err, None
+            raise err
+
+    def submit(self, fn, *args) -> None:
+        self._check()
+        self._q.put((fn, *args))
+
+    def close(self, wait: bool = True) -> None:
+        if not wait:
+            self._err = self._err or RuntimeError("cancelled")  # skip what is queued
+        self._q.put(None)
+        self._t.join()
+        if wait:
+            self._check()
+
+
+def _prefetch(it: Iterator, depth: int = 2) -> Iterator:
+    """Iterate ``it`` on a background thread, ``depth`` items ahead (errors re-raised here,
+    in order)."""
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    end = object()
+
+    def run() -> None:
+        try:
+            for x in it:
+                while not stop.is_set():
+                    try:
+                        q.put((x, None), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            q.put((end, None))
+        except BaseException as e:  # noqa: BLE001 - re-raised by the consumer
+            q.put((end, e))
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    try:
+        while True:
+            x, err = q.get()
+            if x is end:
+                if err is not None:
+                    raise err
+                return
+            yield x
+    finally:
+        stop.set()
+        while t.is_alive():  # unblock a producer waiting on a full queue
+            try:
+                q.get_nowait()
+            except queue.Empty:
+                t.join(0.05)
 
 
 def _merge_accounts(acc: pl.DataFrame, new: pl.DataFrame) -> pl.DataFrame:

@@ -137,27 +137,35 @@ def edges_from_incidences(inc: pl.DataFrame, n_accounts: int, cfg: LinkConfig) -
     kfam = [fams.index(fam_of.get(k, k)) for k in kinds]
     ids = inc["account_id"].unique().sort()
     n_ids = len(ids)
-    # one global seeded order of accounts (not per value), so that the rings of two values
-    # with the same members coincide and their pairs keep both kinds
+    # members sorted by (kind, value hash, account hash): one global seeded order of accounts
+    # (not per value), so that the rings of two values with the same members coincide and
+    # their pairs keep both kinds. Integer sort keys instead of a dense rank of the
+    # (kind, value) strings, which took ~15 s at 16M exchanges; adjacent values are compared
+    # to rule out a hash collision (then the exact rank is used).
     g = (inc.filter(pl.col("kind").is_in(kinds))
-         .with_columns(
-             a=pl.col("account_id").replace_strict(
-                 ids, pl.int_range(len(ids), eager=True), return_dtype=pl.UInt32),
-             kc=pl.col("kind").replace_strict(kinds, list(range(len(kinds))),
-                                              return_dtype=pl.UInt8),
-             o=pl.col("account_id").hash(seed=cfg.seed))
-         .with_columns(gid=pl.struct("kc", "value").rank("dense").cast(pl.UInt32))
-         .with_columns(k=pl.len().over("gid"))
-         .filter((pl.col("k") >= 2) & (pl.col("k") <= max_k))
-         .sort("gid", "o")
-         .select("a", "kc", "gid", "k"))
-    if g.is_empty():
+         .join(pl.DataFrame({"account_id": ids}).with_row_index("a"), on="account_id",
+               how="left", maintain_order="left")
+         .select(pl.col("a").cast(pl.UInt32),
+                 kc=pl.col("kind").replace_strict(kinds, list(range(len(kinds))),
+                                                  return_dtype=pl.UInt8),
+                 h=pl.col("value").hash(seed=cfg.seed),
+                 o=pl.col("account_id").hash(seed=cfg.seed), value=pl.col("value"))
+         .sort("kc", "h", "o"))
+    same = (pl.col("kc") == pl.col("kc").shift()) & (pl.col("h") == pl.col("h").shift())
+    if g.select((same & (pl.col("value") != pl.col("value").shift())).any()).item():
+        g = (g.with_columns(h=pl.struct("kc", "value").rank("dense").cast(pl.UInt64))
+             .sort("kc", "h", "o"))
+    new_group = ~g.select(same.fill_null(False).alias("s"))["s"].to_numpy()
+    gid = np.cumsum(new_group) - 1
+    size = np.bincount(gid)
+    k = size[gid]
+    keep = (k >= 2) & (k <= max_k)
+    if not keep.any():
         return pl.DataFrame(schema=schema)
-    a = g["a"].to_numpy().astype(np.uint64)
-    kc = g["kc"].to_numpy().astype(np.int64)
-    k = g["k"].to_numpy().astype(np.int64)
-    gid = g["gid"].to_numpy()
+    a = g["a"].to_numpy()[keep].astype(np.uint64)
+    kc = g["kc"].to_numpy()[keep]
     del g
+    k, gid = k[keep].astype(np.int64), gid[keep]
     n = len(a)
     # a value shared by at most full_pairs_max accounts links all pairs (each once: an account
     # to the members after it); a larger group is a ring lattice: each account to its
@@ -181,8 +189,9 @@ def edges_from_incidences(inc: pl.DataFrame, n_accounts: int, cfg: LinkConfig) -
                  for c in range(1, math.ceil(n_pairs / PAIR_CHUNK))]
     cuts = sorted(set(cuts + [n]))
     ring_wraps = 2 * min(cfg.ring_degree, cfg.full_pairs_max) > cfg.full_pairs_max
+    cols = ("p", "kc", "w", "gid") if ring_wraps else ("p", "kc", "w")
 
-    def pair_rows(s0: int, s1: int) -> pl.DataFrame:
+    def pair_rows(s0: int, s1: int) -> dict[str, np.ndarray]:
         sp = span[s0:s1]
         i = np.repeat(np.arange(s0, s1), sp)
         d = np.arange(len(i)) - np.repeat(np.cumsum(sp) - sp, sp) + 1
@@ -196,7 +205,7 @@ def edges_from_incidences(inc: pl.DataFrame, n_accounts: int, cfg: LinkConfig) -
         rows = {"p": lo * np.uint64(n_ids) + hi, "kc": kc[i], "w": wpos[i]}
         if ring_wraps:
             rows["gid"] = gid[i]
-        return pl.DataFrame(rows)
+        return rows
 
     # kinds coded family by family, so that a pair's kinds of one family are adjacent once
     # its rows are sorted by (pair, code); bit: the kind's bit in the mask (name order)
@@ -212,17 +221,19 @@ def edges_from_incidences(inc: pl.DataFrame, n_accounts: int, cfg: LinkConfig) -
         new = np.r_[True, key[1:] != key[:-1]]
         return np.cumsum(new) - 1, np.flatnonzero(new)
 
-    def reduce(pairs: pl.DataFrame) -> pl.DataFrame:
+    def reduce(pairs: dict[str, np.ndarray]) -> pl.DataFrame:
         """Edges (p, weight, m) of pair rows: one stable sort by (pair, kind) and
         sequential segment sums (``bincount``), since a polars group_by on the (pair,
         kind) columns of ~20M rows took ~10 s and grew faster than the rows."""
         if ring_wraps:  # a ring may wrap
-            pairs = pairs.unique(["p", "kc", "gid"], maintain_order=True)
-        key = pairs["p"].to_numpy() * n_codes + code[pairs["kc"].to_numpy()]
+            pairs = (pl.DataFrame(pairs).unique(["p", "kc", "gid"], maintain_order=True)
+                     .to_dict(as_series=False))
+            pairs = {c: np.asarray(v) for c, v in pairs.items()}
+        key = pairs["p"] * n_codes + code[pairs["kc"]]
         order = (pl.DataFrame({"k": key}).with_row_index("i")
                  .sort("k", maintain_order=True)["i"].to_numpy())
-        key, w = key[order], pairs["w"].to_numpy()[order]
-        del order
+        key, w = key[order], pairs["w"][order]
+        del order, pairs
         # every shared rare value adds evidence, up to a cap per kind and per family, so a
         # pair sharing many proxy IPs and many templates outweighs one sharing one address
         seg, first = _segments(key)
@@ -245,15 +256,22 @@ def edges_from_incidences(inc: pl.DataFrame, n_accounts: int, cfg: LinkConfig) -
     else:
         with tempfile.TemporaryDirectory(prefix="distillguard-pairs-") as tmp:
             for c, (s0, s1) in enumerate(zip(cuts[:-1], cuts[1:])):
-                rows = pair_rows(s0, s1).with_columns(
-                    _b=(pl.col("p").hash(seed=cfg.seed) % n_buckets).cast(pl.UInt32))
-                for (b,), part in rows.partition_by("_b", as_dict=True,
-                                                    include_key=False).items():
-                    part.write_ipc(Path(tmp) / f"b{b:04d}-c{c:05d}.arrow")
-                del rows
-            parts = [sorted(Path(tmp).glob(f"b{b:04d}-*.arrow")) for b in range(n_buckets)]
-            e = pl.concat([reduce(pl.scan_ipc(fs, memory_map=False).collect())
-                           for fs in parts if fs])
+                rows = pair_rows(s0, s1)
+                # bucket of each row: its pair key mod n_buckets (rows keep their order
+                # within a bucket, so the sums do not depend on the bucketing)
+                b = (rows["p"] % np.uint64(n_buckets)).astype(np.int64)
+                order = np.argsort(b, kind="stable")
+                bounds = np.searchsorted(b[order], np.arange(n_buckets + 1))
+                for col, v in rows.items():
+                    v = v[order]
+                    for bk in range(n_buckets):
+                        np.save(Path(tmp) / f"b{bk:04d}-c{c:05d}-{col}.npy",
+                                v[bounds[bk]:bounds[bk + 1]])
+                del rows, order, b
+            e = pl.concat([reduce({col: np.concatenate([
+                np.load(Path(tmp) / f"b{bk:04d}-c{c:05d}-{col}.npy")
+                for c in range(len(cuts) - 1)]) for col in cols})
+                for bk in range(n_buckets)])
     p = e["p"].to_numpy()
     out = pl.DataFrame({"src": ids.gather(p // np.uint64(n_ids)),
                         "dst": ids.gather(p % np.uint64(n_ids)),

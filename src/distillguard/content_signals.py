@@ -23,6 +23,7 @@ import numpy as np
 import polars as pl
 
 from .content import account_template_stats, load_default, mine_templates, predict_tasks
+from .read import sample_hash
 from .schema import TASKS
 
 VALUABLE_TASKS = ("coding", "agentic_coding", "tool_use", "reasoning", "data_analysis",
@@ -31,18 +32,16 @@ SAMPLE_COLUMNS = ("account_id", "ts", "prompt", "system", "tool_names", "model",
                   "tools_hash")
 
 
-def _sample_hash(seed: int) -> pl.Expr:
-    return pl.concat_str([pl.col("account_id"), pl.col("ts").cast(pl.String),
-                          pl.col("prompt").str.slice(0, 64)], ignore_nulls=True).hash(seed=seed)
-
-
 def sample_prompts(events: pl.LazyFrame | list[pl.LazyFrame], *, max_prompts: int = 200,
-                   seed: int = 0, keep_hash: bool = False) -> pl.DataFrame:
+                   seed: int = 0, keep_hash: bool = False, hashed: bool = False
+                   ) -> pl.DataFrame:
     """At most ``max_prompts`` events per account, chosen by a seeded hash (deterministic).
 
     Two streaming passes keep memory at a few bytes per event: the first reads only the
-    account id and the hash key (the prompt's first 64 characters) and ranks each account's
-    rows by hash; the second reads the text columns of the kept rows only. ``prompt`` and
+    account id and the hash key (the prompt's first 64 characters; with ``hashed`` the
+    events carry the hash of this seed as ``_h``, :func:`distillguard.read.sample_hash`, and
+    no text is read) and ranks each account's rows by hash; the second reads the text
+    columns of the kept rows only. ``prompt`` and
     ``system`` come back as ``Categorical``: samples repeat prompts (replays, templates)
     many times over, so each distinct text is held once. ``events`` may be a list of
     account partitions (``Log.parts``), sampled one at a time. ``keep_hash`` keeps the
@@ -51,14 +50,16 @@ def sample_prompts(events: pl.LazyFrame | list[pl.LazyFrame], *, max_prompts: in
     if isinstance(events, list):
         if len(events) > 1:
             return _sorted(pl.concat([sample_prompts(e, max_prompts=max_prompts, seed=seed,
-                                                     keep_hash=keep_hash) for e in events]))
+                                                     keep_hash=keep_hash, hashed=hashed)
+                                      for e in events]))
         events = events[0]
-    keys = (events.with_row_index("_r").select("_r", "account_id", _h=_sample_hash(seed))
+    h = pl.col("_h") if hashed else sample_hash(seed)
+    keys = (events.with_row_index("_r").select("_r", "account_id", _h=h)
             .collect(engine="streaming"))
     keep = keys.filter(pl.col("_h").rank("ordinal").over("account_id") <= max_prompts)
     del keys
-    out = (events.with_row_index("_r").join(keep.lazy().select("_r", "_h"), on="_r",
-                                            how="inner", maintain_order="left")
+    out = (events.select(*SAMPLE_COLUMNS).with_row_index("_r")
+           .join(keep.lazy().select("_r", "_h"), on="_r", how="inner", maintain_order="left")
            .select(*SAMPLE_COLUMNS, "_h")
            .with_columns(pl.col("prompt").cast(pl.Categorical),
                          pl.col("system").cast(pl.Categorical))

@@ -136,32 +136,47 @@ def edges_from_incidences(inc: pl.DataFrame, n_accounts: int, cfg: LinkConfig) -
     fams = sorted({fam_of.get(k, k) for k in kinds})
     kfam = [fams.index(fam_of.get(k, k)) for k in kinds]
     ids = inc["account_id"].unique().sort()
-    # one global seeded order of accounts (not per value), so that the rings of two values
-    # with the same members coincide and their pairs keep both kinds
+    n_ids = len(ids)
+    # members sorted by (kind, value hash, account hash): one global seeded order of accounts
+    # (not per value), so that the rings of two values with the same members coincide and
+    # their pairs keep both kinds. Integer sort keys instead of a dense rank of the
+    # (kind, value) strings, which took ~15 s at 16M exchanges; adjacent values are compared
+    # to rule out a hash collision (then the exact rank is used).
     g = (inc.filter(pl.col("kind").is_in(kinds))
-         .with_columns(
-             a=pl.col("account_id").replace_strict(
-                 ids, pl.int_range(len(ids), eager=True), return_dtype=pl.UInt32),
-             kc=pl.col("kind").replace_strict(kinds, list(range(len(kinds))),
-                                              return_dtype=pl.UInt8),
-             o=pl.col("account_id").hash(seed=cfg.seed))
-         .with_columns(gid=pl.struct("kc", "value").rank("dense").cast(pl.UInt32))
-         .with_columns(k=pl.len().over("gid"))
-         .filter((pl.col("k") >= 2) & (pl.col("k") <= max_k))
-         .sort("gid", "o")
-         .select("a", "kc", "gid", "k"))
-    if g.is_empty():
+         .join(pl.DataFrame({"account_id": ids}).with_row_index("a"), on="account_id",
+               how="left", maintain_order="left")
+         .select(pl.col("a").cast(pl.UInt32),
+                 kc=pl.col("kind").replace_strict(kinds, list(range(len(kinds))),
+                                                  return_dtype=pl.UInt8),
+                 h=pl.col("value").hash(seed=cfg.seed),
+                 o=pl.col("account_id").hash(seed=cfg.seed), value=pl.col("value"))
+         .sort("kc", "h", "o"))
+    same = (pl.col("kc") == pl.col("kc").shift()) & (pl.col("h") == pl.col("h").shift())
+    if g.select((same & (pl.col("value") != pl.col("value").shift())).any()).item():
+        g = (g.with_columns(h=pl.struct("kc", "value").rank("dense").cast(pl.UInt64))
+             .sort("kc", "h", "o"))
+    new_group = ~g.select(same.fill_null(False).alias("s"))["s"].to_numpy()
+    gid = np.cumsum(new_group) - 1
+    size = np.bincount(gid)
+    k = size[gid]
+    keep = (k >= 2) & (k <= max_k)
+    if not keep.any():
         return pl.DataFrame(schema=schema)
-    a = g["a"].to_numpy().astype(np.int64)
-    kc = g["kc"].to_numpy().astype(np.int64)
-    k = g["k"].to_numpy().astype(np.int64)
-    gid = g["gid"].to_numpy()
+    a = g["a"].to_numpy()[keep].astype(np.uint64)
+    kc = g["kc"].to_numpy()[keep]
     del g
+    k, gid = k[keep].astype(np.int64), gid[keep]
     n = len(a)
-    # a value shared by at most full_pairs_max accounts links all pairs (each once); a larger
-    # group is a ring lattice: each account to its ring_degree successors
+    # a value shared by at most full_pairs_max accounts links all pairs (each once: an account
+    # to the members after it); a larger group is a ring lattice: each account to its
+    # ring_degree successors (wrapping). Spans, ranks and weights per member, pairs by index
+    # arithmetic on the group-sorted members.
+    gfirst = np.flatnonzero(np.r_[True, gid[1:] != gid[:-1]])
+    gstart = np.repeat(gfirst, np.diff(np.r_[gfirst, n]))
+    rank = np.arange(n) - gstart
     full = k <= cfg.full_pairs_max
-    span = np.where(full, k - 1, min(cfg.ring_degree, cfg.full_pairs_max))
+    span = np.where(full, k - 1 - rank, min(cfg.ring_degree, cfg.full_pairs_max))
+    wpos = kw[kc] * (math.log(n_accounts) - np.log(k)) / log_n
     # pair rows are made and reduced in buckets of the pair key (hash of the account pair),
     # spilled to disk between the two, so memory is bounded by PAIR_CHUNK, not by the log
     n_pairs = int(span.sum())
@@ -174,57 +189,92 @@ def edges_from_incidences(inc: pl.DataFrame, n_accounts: int, cfg: LinkConfig) -
                  for c in range(1, math.ceil(n_pairs / PAIR_CHUNK))]
     cuts = sorted(set(cuts + [n]))
     ring_wraps = 2 * min(cfg.ring_degree, cfg.full_pairs_max) > cfg.full_pairs_max
+    cols = ("p", "kc", "w", "gid") if ring_wraps else ("p", "kc", "w")
 
-    def pair_rows(s0: int, s1: int) -> pl.DataFrame:
-        ga = gid[s0:s1]
-        m = s1 - s0
-        start = np.flatnonzero(np.r_[True, ga[1:] != ga[:-1]])
-        gstart = np.repeat(start, np.diff(np.r_[start, m]))
-        r = np.arange(m) - gstart
-        sp, kk, fl = span[s0:s1], k[s0:s1], full[s0:s1]
-        i = np.repeat(np.arange(m), sp)
+    def pair_rows(s0: int, s1: int) -> dict[str, np.ndarray]:
+        sp = span[s0:s1]
+        i = np.repeat(np.arange(s0, s1), sp)
         d = np.arange(len(i)) - np.repeat(np.cumsum(sp) - sp, sp) + 1
-        r2 = (r[i] + d) % kk[i]
-        keep = ~fl[i] | (r2 > r[i])
-        i, j = i[keep], gstart[i[keep]] + r2[keep]
-        c = kc[s0:s1][i]
-        w = kw[c] * (math.log(n_accounts) - np.log(kk[i])) / log_n
-        aa = a[s0:s1]
-        lo, hi = np.minimum(aa[i], aa[j]), np.maximum(aa[i], aa[j])
-        return pl.DataFrame({"p": (lo << 32) | hi, "kc": c, "w": w, "gid": ga[i]})
+        j = i + d  # full groups: the next members
+        ring = np.flatnonzero(~full[i])
+        if len(ring):
+            ir = i[ring]
+            j[ring] = gstart[ir] + (rank[ir] + d[ring]) % k[ir]
+        ai, aj = a[i], a[j]
+        lo, hi = np.minimum(ai, aj), np.maximum(ai, aj)
+        rows = {"p": lo * np.uint64(n_ids) + hi, "kc": kc[i], "w": wpos[i]}
+        if ring_wraps:
+            rows["gid"] = gid[i]
+        return rows
 
-    def reduce(pairs: pl.DataFrame) -> pl.DataFrame:
+    # kinds coded family by family, so that a pair's kinds of one family are adjacent once
+    # its rows are sorted by (pair, code); bit: the kind's bit in the mask (name order)
+    by_fam = sorted(range(len(kinds)), key=lambda c: (kfam[c], c))
+    code = np.empty(len(kinds), np.uint64)
+    code[by_fam] = np.arange(len(kinds), dtype=np.uint64)
+    fam_of_code = np.array([kfam[c] for c in by_fam], np.int64)
+    bit_of_code = np.array([1 << c for c in by_fam], np.int64)
+    n_codes = np.uint64(len(kinds))
+
+    def _segments(key: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(segment id per row, first row per segment) of a sorted key."""
+        new = np.r_[True, key[1:] != key[:-1]]
+        return np.cumsum(new) - 1, np.flatnonzero(new)
+
+    def reduce(pairs: dict[str, np.ndarray]) -> pl.DataFrame:
+        """Edges (p, weight, m) of pair rows: one stable sort by (pair, kind) and
+        sequential segment sums (``bincount``), since a polars group_by on the (pair,
+        kind) columns of ~20M rows took ~10 s and grew faster than the rows."""
         if ring_wraps:  # a ring may wrap
-            pairs = pairs.unique(["p", "kc", "gid"])
+            pairs = (pl.DataFrame(pairs).unique(["p", "kc", "gid"], maintain_order=True)
+                     .to_dict(as_series=False))
+            pairs = {c: np.asarray(v) for c, v in pairs.items()}
+        key = pairs["p"] * n_codes + code[pairs["kc"]]
+        order = (pl.DataFrame({"k": key}).with_row_index("i")
+                 .sort("k", maintain_order=True)["i"].to_numpy())
+        key, w = key[order], pairs["w"][order]
+        del order, pairs
         # every shared rare value adds evidence, up to a cap per kind and per family, so a
         # pair sharing many proxy IPs and many templates outweighs one sharing one address
-        per_kind = (pairs.group_by("p", "kc")
-                    .agg(w=pl.col("w").sum().clip(upper_bound=cfg.kind_cap))
-                    .with_columns(f=pl.col("kc").replace_strict(list(range(len(kinds))), kfam),
-                                  bit=pl.lit(2, pl.Int64).pow(pl.col("kc").cast(pl.Int64))))
-        per_fam = per_kind.group_by("p", "f").agg(
-            w=pl.col("w").sum().clip(upper_bound=cfg.family_cap), m=pl.col("bit").sum())
-        return (per_fam.group_by("p")
-                .agg(weight=pl.col("w").sum(), n_fam=pl.len(), m=pl.col("m").sum())
-                .filter((pl.col("n_fam") >= cfg.min_families)
-                        & (pl.col("weight") >= cfg.min_weight)))
+        seg, first = _segments(key)
+        wk = np.minimum(np.bincount(seg, weights=w), cfg.kind_cap)
+        key = key[first]
+        pk, ck = key // n_codes, (key % n_codes).astype(np.int64)
+        seg, first = _segments(pk * n_codes + fam_of_code[ck].astype(np.uint64))
+        wf = np.minimum(np.bincount(seg, weights=wk), cfg.family_cap)
+        mf = np.bincount(seg, weights=bit_of_code[ck]).astype(np.int64)
+        pf = pk[first]
+        seg, first = _segments(pf)
+        weight = np.bincount(seg, weights=wf)
+        n_fam = np.bincount(seg)
+        m = np.bincount(seg, weights=mf).astype(np.int64)
+        keep = (n_fam >= cfg.min_families) & (weight >= cfg.min_weight)
+        return pl.DataFrame({"p": pf[first][keep], "weight": weight[keep], "m": m[keep]})
 
     if n_buckets == 1:
         e = reduce(pair_rows(0, n))
     else:
         with tempfile.TemporaryDirectory(prefix="distillguard-pairs-") as tmp:
             for c, (s0, s1) in enumerate(zip(cuts[:-1], cuts[1:])):
-                rows = pair_rows(s0, s1).with_columns(
-                    _b=(pl.col("p").hash(seed=cfg.seed) % n_buckets).cast(pl.UInt32))
-                for (b,), part in rows.partition_by("_b", as_dict=True,
-                                                    include_key=False).items():
-                    part.write_ipc(Path(tmp) / f"b{b:04d}-c{c:05d}.arrow")
-                del rows
-            parts = [sorted(Path(tmp).glob(f"b{b:04d}-*.arrow")) for b in range(n_buckets)]
-            e = pl.concat([reduce(pl.scan_ipc(fs, memory_map=False).collect())
-                           for fs in parts if fs])
+                rows = pair_rows(s0, s1)
+                # bucket of each row: its pair key mod n_buckets (rows keep their order
+                # within a bucket, so the sums do not depend on the bucketing)
+                b = (rows["p"] % np.uint64(n_buckets)).astype(np.int64)
+                order = np.argsort(b, kind="stable")
+                bounds = np.searchsorted(b[order], np.arange(n_buckets + 1))
+                for col, v in rows.items():
+                    v = v[order]
+                    for bk in range(n_buckets):
+                        np.save(Path(tmp) / f"b{bk:04d}-c{c:05d}-{col}.npy",
+                                v[bounds[bk]:bounds[bk + 1]])
+                del rows, order, b
+            e = pl.concat([reduce({col: np.concatenate([
+                np.load(Path(tmp) / f"b{bk:04d}-c{c:05d}-{col}.npy")
+                for c in range(len(cuts) - 1)]) for col in cols})
+                for bk in range(n_buckets)])
     p = e["p"].to_numpy()
-    out = pl.DataFrame({"src": ids.gather(p >> 32), "dst": ids.gather(p & 0xFFFFFFFF),
+    out = pl.DataFrame({"src": ids.gather(p // np.uint64(n_ids)),
+                        "dst": ids.gather(p % np.uint64(n_ids)),
                         "weight": e["weight"], "m": e["m"]})
     # kind lists decoded once per distinct bit mask (few), then joined on the mask
     masks = out.select(pl.col("m").unique())["m"].to_list()

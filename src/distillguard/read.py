@@ -40,8 +40,10 @@ import io
 import ipaddress
 import math
 import os
+import queue
 import shutil
 import tempfile
+import threading
 import weakref
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
@@ -49,6 +51,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
+import numpy as np
 import orjson
 import polars as pl
 import pyarrow as pa
@@ -501,11 +504,20 @@ def stable_hash64(text: str) -> int:
     return int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest(), "little")
 
 
+def _nulls(name: str, n: int, dtype: pl.DataType) -> pl.Series:
+    """An all-null Series (built natively: a Python list of ``None`` is scanned per value)."""
+    return pl.repeat(None, n, dtype=dtype, eager=True).alias(name)
+
+
+def _falses(n: int) -> pl.Series:
+    return pl.repeat(False, n, dtype=pl.Boolean, eager=True)
+
+
 def _map_unique(s: pl.Series, fn: Callable[[str], object], dtype: pl.DataType) -> pl.Series:
     """Apply ``fn`` to the unique non-null values of ``s`` only, and map the results back."""
     u = s.drop_nulls().unique()
     if len(u) == 0:
-        return pl.Series(s.name, [None] * len(s), dtype=dtype)
+        return _nulls(s.name, len(s), dtype)
     vals = pl.Series([fn(x) for x in u.to_list()], dtype=dtype)
     return s.replace_strict(u, vals, default=None, return_dtype=dtype)
 
@@ -764,11 +776,11 @@ def _vec_ts(s: pl.Series, f: str) -> tuple[pl.Series, pl.Series]:
     if isinstance(dt, pl.Datetime):
         out = (s.dt.replace_time_zone("UTC") if dt.time_zone is None
                else s.dt.convert_time_zone("UTC")).dt.cast_time_unit("us")
-        return out, pl.Series([False] * len(s))
+        return out, _falses(len(s))
     if dt == pl.Date:
-        return s.cast(pl.Datetime("us")).dt.replace_time_zone("UTC"), pl.Series([False] * len(s))
+        return s.cast(pl.Datetime("us")).dt.replace_time_zone("UTC"), _falses(len(s))
     if dt == pl.Null:
-        return pl.Series(s.name, [None] * len(s), dtype=TS), pl.Series([False] * len(s))
+        return _nulls(s.name, len(s), TS), _falses(len(s))
     if dt.is_numeric():
         x = s.cast(pl.Float64)
         ok = x.is_finite() & (x.abs() <= _MAX_EPOCH_S)
@@ -786,6 +798,51 @@ def _vec_ts(s: pl.Series, f: str) -> tuple[pl.Series, pl.Series]:
     return us.cast(pl.Datetime("us")).dt.replace_time_zone("UTC"), bad
 
 
+def _vec_messages(msgs: pl.Series) -> pl.DataFrame:
+    """Per-row ``m_prompt`` (last user message with content), ``m_sys_n`` / ``m_sys`` (system
+    messages with content: count, texts joined by newlines), ``n_turns`` (non-system
+    messages), ``n_user`` and ``tr`` (any tool-role message) of a List(Struct(role, content))
+    column.
+
+    One pass over the flattened messages with index arithmetic (row of each message from the
+    list lengths), instead of one ``list.eval`` per output: the flat ``content`` is gathered
+    only at the chosen indices.
+    """
+    n = len(msgs)
+    lens = msgs.list.len().fill_null(0).to_numpy().astype(np.int64)
+    flat = msgs.explode(keep_nulls=False, empty_as_null=False).struct.unnest()
+    role = flat["role"].cast(pl.String)
+    content = flat["content"].cast(pl.String)
+    row = np.repeat(np.arange(n, dtype=np.int64), lens)
+    has_c = content.is_not_null().to_numpy()
+    is_user = (role == "user").fill_null(False).to_numpy()
+    is_sys = role.is_in(list(_SYSTEM_ROLES)).fill_null(False).to_numpy()
+    is_tool = role.is_in(list(_TOOL_ROLES)).fill_null(False).to_numpy()
+
+    def count(mask: np.ndarray) -> np.ndarray:
+        return np.bincount(row[mask], minlength=n)
+
+    # index of the last user message with content of each row (-1: none)
+    last = np.full(n, -1, dtype=np.int64)
+    iu = np.flatnonzero(is_user & has_c)
+    last[row[iu]] = iu  # later messages of a row overwrite earlier ones
+    idx = pl.Series(last)
+    m_prompt = content.gather(pl.select(pl.when(idx >= 0).then(idx)).to_series())
+    sys_c = is_sys & has_c
+    m_sys_n = count(sys_c)
+    if m_sys_n.any():
+        js = (pl.DataFrame({"r": row[sys_c], "c": content.filter(pl.Series(sys_c))})
+              .group_by("r", maintain_order=True).agg(pl.col("c").str.join("\n")))
+        m_sys = (pl.DataFrame({"r": np.arange(n, dtype=np.int64)})
+                 .join(js, on="r", how="left", maintain_order="left")["c"])
+    else:
+        m_sys = pl.repeat(None, n, dtype=pl.String, eager=True)
+    return pl.DataFrame({
+        "m_prompt": m_prompt, "m_sys_n": m_sys_n, "m_sys": m_sys,
+        "n_turns": count(~is_sys), "n_user": count(is_user), "tr": count(is_tool) > 0,
+    })
+
+
 def _vec_frame(df: pl.DataFrame) -> tuple[pl.DataFrame, pl.Series]:
     """Normalise a Parquet batch with the vectorised path; returns (frame, reason per row)."""
     n = len(df)
@@ -794,12 +851,12 @@ def _vec_frame(df: pl.DataFrame) -> tuple[pl.DataFrame, pl.Series]:
     reasons: list[pl.Series] = []
 
     def col(name: str) -> pl.Series:
-        return df[name] if name in cols else pl.Series(name, [None] * n, dtype=pl.Null)
+        return df[name] if name in cols else _nulls(name, n, pl.Null)
 
     def cast(name: str, dtype: pl.DataType) -> pl.Series:
         raw = col(name)
         if raw.dtype == pl.Null:
-            return pl.Series(name, [None] * n, dtype=dtype)
+            return _nulls(name, n, dtype)
         if isinstance(raw.dtype, (pl.Categorical, pl.Enum)):
             raw = raw.cast(pl.String)
         v = raw.cast(dtype, strict=False)
@@ -813,7 +870,7 @@ def _vec_frame(df: pl.DataFrame) -> tuple[pl.DataFrame, pl.Series]:
     prompt = cast("prompt", pl.String)
     msgs = col("messages")
     if msgs.dtype == pl.Null:
-        msgs = pl.Series("messages", [None] * n, dtype=pl.List(pl.Struct(
+        msgs = _nulls("messages", n, pl.List(pl.Struct(
             {"role": pl.String, "content": pl.String})))
     has_msgs = msgs.list.len().fill_null(0) > 0
     has_prompt = prompt.fill_null("") != ""
@@ -827,19 +884,7 @@ def _vec_frame(df: pl.DataFrame) -> tuple[pl.DataFrame, pl.Series]:
     ).to_series()
     reasons.insert(0, head)
 
-    r = pl.element().struct.field("role")
-    c = pl.element().struct.field("content")
-    m = pl.lit(msgs)
-    mf = pl.select(
-        m_prompt=m.list.eval(pl.element().filter((r == "user") & c.is_not_null())
-                             .struct.field("content")).list.last(),
-        m_sys_n=m.list.eval(r.is_in(list(_SYSTEM_ROLES)) & c.is_not_null()).list.sum(),
-        m_sys=m.list.eval(pl.element().filter(r.is_in(list(_SYSTEM_ROLES)) & c.is_not_null())
-                          .struct.field("content")).list.join("\n"),
-        n_turns=m.list.eval(~r.is_in(list(_SYSTEM_ROLES)).fill_null(False)).list.sum(),
-        n_user=m.list.eval((r == "user").fill_null(False)).list.sum(),
-        tr=m.list.eval(r.is_in(list(_TOOL_ROLES)).fill_null(False)).list.any(),
-    )
+    mf = _vec_messages(msgs)
     hm = pl.lit(has_msgs)
     system = cast("system", pl.String)
     tools = col("tools")
@@ -859,7 +904,7 @@ def _vec_frame(df: pl.DataFrame) -> tuple[pl.DataFrame, pl.Series]:
                       .join(pl.DataFrame({"k": u, "v": names}), on="k", how="left",
                             maintain_order="left")["v"])
     else:
-        tool_names = pl.Series([None] * n, dtype=pl.List(pl.String))
+        tool_names = _nulls("tool_names", n, pl.List(pl.String))
 
     frame = pl.DataFrame({"ts": ts, "account_id": acc}).with_columns(
         prompt=pl.when(pl.lit(has_prompt)).then(pl.lit(prompt)).when(hm).then(mf["m_prompt"]),
@@ -942,8 +987,8 @@ def _iter_parquet(path: Path, ctx: _Ctx) -> Iterator[pl.DataFrame]:
     for g in range(md.num_row_groups):
         offset = 0
         try:
-            batches = pf.iter_batches(batch_size=ctx.batch_rows, row_groups=[g],
-                                      use_threads=True)
+            batches = _prefetch(pf.iter_batches(batch_size=ctx.batch_rows, row_groups=[g],
+                                                use_threads=True))
             for batch in batches:
                 ctx.records += batch.num_rows
                 yield from _parquet_batch(path, ctx, batch, g, offset, vec)
@@ -1129,6 +1174,8 @@ class Log:
     #: inline account fields and first model uses as read (before the tables), for the state
     inline_accounts: pl.DataFrame | None = None
     first_seen: pl.DataFrame | None = None
+    #: seed of the sampling hash ``_h`` stored in ``new_parts`` (None: not stored)
+    sample_seed: int | None = None
     _tmpdir: str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
@@ -1160,6 +1207,15 @@ def account_partition(account_id: pl.Expr, partitions: int) -> pl.Expr:
     the same partition, so per-account stages are pure functions of one partition.
     """
     return (account_id.hash(seed=0x5EED) % partitions).cast(pl.UInt32)
+
+
+def sample_hash(seed: int) -> pl.Expr:
+    """The seeded hash that orders each account's events for the prompt sample
+    (``content_signals.sample_prompts``): account id, timestamp and the prompt's first 64
+    characters. ``read_log(sample_seed=)`` stores it in the cache as ``_h``, so sampling
+    needs no text."""
+    return pl.concat_str([pl.col("account_id"), pl.col("ts").cast(pl.String),
+                          pl.col("prompt").str.slice(0, 64)], ignore_nulls=True).hash(seed=seed)
 
 
 #: events per account partition aimed at by :func:`auto_partitions`
@@ -1195,9 +1251,11 @@ class _PartitionWriter:
 
     def __init__(self, paths: list[Path], schema: pa.Schema, batch_rows: int) -> None:
         self.schema, self.batch_rows = schema, max(1, batch_rows)
-        # no dictionary for the all-distinct columns: trying one costs more than writing
+        # no dictionary for the all-distinct columns: trying one costs more than writing.
+        # Uncompressed: a temporary cache read back once or twice, and compressing the
+        # prompt text (LZ4) cost more than the rest of the write (2.8 s vs 1.3 s at 1M)
         dic = [c for c in schema.names if c not in _NO_DICT]
-        self.writers = [pq.ParquetWriter(p, schema, compression="lz4", use_dictionary=dic)
+        self.writers = [pq.ParquetWriter(p, schema, compression="none", use_dictionary=dic)
                         for p in paths]
         self.pending: list[list[pl.DataFrame]] = [[] for _ in paths]
         self.rows = [0] * len(paths)
@@ -1205,7 +1263,7 @@ class _PartitionWriter:
     def _put(self, i: int, frame: pl.DataFrame) -> None:
         # (string views, compat_level=newest, would save a copy but polars 1.44 exported an
         # invalid list<string_view> for a concatenated tool_names column at 16M)
-        self.writers[i].write_table(frame.to_arrow().cast(self.schema))
+        self._bg.submit(self.writers[i].write_table, frame.to_arrow().cast(self.schema))
 
     def _flush(self, i: int) -> None:
         if self.pending[i]:
@@ -1225,6 +1283,7 @@ class _PartitionWriter:
                 self._flush(i)
 
     def __enter__(self) -> _PartitionWriter:
+        self._bg = _Background()
         return self
 
     def __exit__(self, *exc) -> None:
@@ -1233,8 +1292,96 @@ class _PartitionWriter:
                 for i in range(len(self.writers)):
                     self._flush(i)
         finally:
-            for w in self.writers:
-                w.close()
+            try:
+                self._bg.close(wait=exc[0] is None)
+            finally:
+                for w in self.writers:
+                    w.close()
+
+
+class _Background:
+    """One worker thread running submitted calls in order (bounded queue).
+
+    Arrow's Parquet writer and reader release the GIL, so the cache is encoded and written,
+    and the next input batch decoded, while the main thread normalises: read uses both
+    cores. The first error is re-raised in the main thread by the next ``submit`` or by
+    ``close``.
+    """
+
+    def __init__(self, depth: int = 3) -> None:
+        self._q: queue.Queue = queue.Queue(maxsize=depth)
+        self._err: BaseException | None = None
+        self._t = threading.Thread(target=self._run, daemon=True)
+        self._t.start()
+
+    def _run(self) -> None:
+        while True:
+            item = self._q.get()
+            if item is None:
+                return
+            if self._err is None:
+                try:
+                    item[0](*item[1:])
+                except BaseException as e:  # noqa: BLE001 - handed to the main thread
+                    self._err = e
+
+    def _check(self) -> None:
+        if self._err is not None:
+            err, self._err = self._err, None
+            raise err
+
+    def submit(self, fn, *args) -> None:
+        self._check()
+        self._q.put((fn, *args))
+
+    def close(self, wait: bool = True) -> None:
+        if not wait:
+            self._err = self._err or RuntimeError("cancelled")  # skip what is queued
+        self._q.put(None)
+        self._t.join()
+        if wait:
+            self._check()
+
+
+def _prefetch(it: Iterator, depth: int = 2) -> Iterator:
+    """Iterate ``it`` on a background thread, ``depth`` items ahead (errors re-raised here,
+    in order)."""
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    end = object()
+
+    def run() -> None:
+        try:
+            for x in it:
+                while not stop.is_set():
+                    try:
+                        q.put((x, None), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            q.put((end, None))
+        except BaseException as e:  # noqa: BLE001 - re-raised by the consumer
+            q.put((end, e))
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    try:
+        while True:
+            x, err = q.get()
+            if x is end:
+                if err is not None:
+                    raise err
+                return
+            yield x
+    finally:
+        stop.set()
+        while t.is_alive():  # unblock a producer waiting on a full queue
+            try:
+                q.get_nowait()
+            except queue.Empty:
+                t.join(0.05)
 
 
 def _merge_accounts(acc: pl.DataFrame, new: pl.DataFrame) -> pl.DataFrame:
@@ -1247,7 +1394,8 @@ def _merge_accounts(acc: pl.DataFrame, new: pl.DataFrame) -> pl.DataFrame:
 def read_log(paths, *, accounts=None, releases=None, skip_invalid: bool = False,
              cache_dir=None, progress: bool = False, batch_rows: int = 100_000,
              format: str = "auto", account_from: str | None = None,
-             ts_from: str | None = None, partitions: int = 1, history=None) -> Log:
+             ts_from: str | None = None, partitions: int = 1, history=None,
+             sample_seed: int | None = None) -> Log:
     """Read a traffic log (files/directories), an optional accounts table and releases CSV.
 
     Events are streamed in batches into ``<cache_dir>/events.parquet`` (or a temporary
@@ -1264,6 +1412,10 @@ def read_log(paths, *, accounts=None, releases=None, skip_invalid: bool = False,
     events (text-free) come before this log's in every partition, its inline account fields
     and first model uses are merged as if it had been read first. ``Log.new_parts`` then scan
     this log's events only (what the prompt sample is drawn from).
+
+    ``sample_seed``: also store :func:`sample_hash` of that seed as column ``_h`` of the cache
+    (``Log.new_parts`` include it, ``Log.parts`` / ``Log.events`` do not), computed while the
+    prompts are in memory so that drawing the prompt sample reads no text.
     """
     files = expand_paths(paths, format=format)
     table = read_accounts(accounts) if accounts is not None else None
@@ -1279,14 +1431,19 @@ def read_log(paths, *, accounts=None, releases=None, skip_invalid: bool = False,
     caches = ([cdir / "events.parquet"] if parts == 1
               else [cdir / f"events-p{i:03d}.parquet" for i in range(parts)])
     invalid = InvalidCounts()
-    arrow_schema = pl.DataFrame(schema=EVENT_SCHEMA).to_arrow().schema
+    cache_schema = dict(EVENT_SCHEMA)
+    event_cols = list(EVENT_SCHEMA)
+    write_cols: list = list(event_cols)
+    if sample_seed is not None:
+        cache_schema["_h"] = pl.UInt64
+        write_cols.append(sample_hash(sample_seed).alias("_h"))
+    arrow_schema = pl.DataFrame(schema=cache_schema).to_arrow().schema
     acc_schema = {k: v for k, v in ACCOUNT_SCHEMA.items()}
     inline = pl.DataFrame(schema=acc_schema)
     pending: list[pl.DataFrame] = []
     first_seen = pl.DataFrame(schema={"model": pl.String, "released_at": TS})
     n_events = 0
     total = sum(os.path.getsize(f) for f in files)
-    event_cols = list(EVENT_SCHEMA)
     try:
         with _Progress(progress, total) as bar, _PartitionWriter(
                 caches, arrow_schema, batch_rows) as writer:
@@ -1294,7 +1451,7 @@ def read_log(paths, *, accounts=None, releases=None, skip_invalid: bool = False,
                        account_from=account_from, ts_from=ts_from)
             for _, frame in _iter_frames(files, ctx):
                 n_events += len(frame)
-                writer.write(frame.select(event_cols))
+                writer.write(frame.select(write_cols))
                 pending.append(frame.group_by("account_id", maintain_order=True).agg(
                     [pl.col(f).drop_nulls().first() for f in ACCOUNT_FIELDS]))
                 if len(pending) >= 16:
@@ -1311,7 +1468,8 @@ def read_log(paths, *, accounts=None, releases=None, skip_invalid: bool = False,
     if pending:
         inline = _merge_accounts(inline, pl.concat(pending))
     new_parts = [pl.scan_parquet(c) for c in caches]
-    parts, n_new = new_parts, n_events
+    parts = [c.select(event_cols) for c in new_parts] if sample_seed is not None else new_parts
+    n_new = n_events
     if history is not None:
         inline = _merge_accounts(conform(history.inline_accounts, ACCOUNT_SCHEMA), inline)
         first_seen = (pl.concat([history.first_seen.cast(RELEASE_SCHEMA), first_seen])
@@ -1319,7 +1477,7 @@ def read_log(paths, *, accounts=None, releases=None, skip_invalid: bool = False,
         old = history.with_text()
         k = len(new_parts)
         parts = [pl.concat([old.filter(account_partition(pl.col("account_id"), k) == i)
-                            if k > 1 else old, c]) for i, c in enumerate(new_parts)]
+                            if k > 1 else old, c]) for i, c in enumerate(parts)]
         n_events += history.n_events
         for reason, n in history.invalid.items():
             invalid.add(reason, n)
@@ -1343,7 +1501,8 @@ def read_log(paths, *, accounts=None, releases=None, skip_invalid: bool = False,
                cache_path=str(caches[0]) if len(caches) == 1 else str(cdir),
                parts=parts, new_parts=new_parts, n_new_events=n_new,
                inline_accounts=conform(inline, ACCOUNT_SCHEMA),
-               first_seen=conform(first_seen, RELEASE_SCHEMA), _tmpdir=tmpdir)
+               first_seen=conform(first_seen, RELEASE_SCHEMA), sample_seed=sample_seed,
+               _tmpdir=tmpdir)
 
 
 # --------------------------------------------------------------------------------------------

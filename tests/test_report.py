@@ -433,3 +433,19 @@ def test_feature_frame_column_names_are_accepted(inputs):
     doc = render_report_html(accounts=accounts.rename({"exchanges": "n_exchanges"}),
                              clusters=clusters, meta=meta)
     assert re.search(rf">c0-acct-005</td>.*?<td class=\"num\">{n:,}</td>", doc)
+
+
+def test_glossary_explains_lift_reasons(inputs):
+    from markupsafe import escape
+
+    from distillguard.signals import load_signals
+
+    accounts, clusters, meta = inputs
+    lift = load_signals().lifts[-1]
+    acc = accounts.with_columns(
+        verdict=pl.lit("attack"),
+        reasons=pl.concat_str([pl.lit(lift.reason + ";"), pl.col("reasons").fill_null("")]))
+    glossary = render_report_html(accounts=acc, clusters=clusters, meta=meta).split(
+        'id="help"')[1]
+    row = re.search(rf"<tr><td class=\"mono\">{lift.reason}</td>.*?</tr>", glossary).group()
+    assert lift.description and str(escape(lift.description)) in row

@@ -644,7 +644,9 @@ def _signal_descriptions(meta: dict) -> dict[str, str]:
     try:
         from .signals import load_signals
 
-        return {s.id: s.description for s in load_signals().signals}
+        ss = load_signals()
+        return {**{lf.reason: lf.description for lf in ss.lifts if lf.description},
+                **{s.id: s.description for s in ss.signals}}
     except Exception:  # the glossary then falls back on signal families  # noqa: BLE001
         return {}
 

@@ -67,6 +67,8 @@ class Lift:
     max_holders: int = 30
     min_flagged_peers: int = 1
     flagged: tuple[str, ...] = ("attack",)
+    #: what ``reason`` means, for the report's glossary
+    description: str = ""
 
     @property
     def kinds(self) -> tuple[str, ...]:

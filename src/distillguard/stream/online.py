@@ -275,6 +275,8 @@ class OnlineDetector:
         """Accounts-table rows of new accounts ``ids`` ({} when absent), dropped from the
         lookup (an account is registered once)."""
         rows = [self._meta.pop(a, None) for a in ids]
+        if not self._meta:
+            self._meta = {}                   # a dict keeps its table when emptied
         have = [r for r in rows if r is not None]
         if not have:
             return [{} for _ in ids]
@@ -296,8 +298,11 @@ class OnlineDetector:
             return np.zeros(0, np.int64)
         ev = events
         aid = ev["account_id"]
-        known = aid.replace_strict(self.index_, default=-1, return_dtype=pl.Int64) \
-            if self.index_ else pl.Series(np.full(ev.height, -1, np.int64))
+        ids = aid.to_list()
+        # a dict lookup per event (polars' replace_strict turns the whole index, up to
+        # millions of accounts, into a Series on every call)
+        index = self.index_
+        known = np.fromiter((index.get(a, -1) for a in ids), np.int64, len(ids))
         ts = ev["ts"].dt.epoch("us").to_numpy().astype(np.int64)
         inc: list[tuple] = []
         if (known == -1).any():
@@ -310,8 +315,8 @@ class OnlineDetector:
                 tiers = dict(zip(tiers["a"].to_list(), tiers["t"].to_list()))
                 tiers = [tiers.get(a) for a in new["a"].to_list()]
             inc += self._add_accounts(new["a"].to_list(), new["ts"].to_numpy(), tiers)
-            known = aid.replace_strict(self.index_, return_dtype=pl.Int64)
-        acc = known.to_numpy()
+            known = np.fromiter((index[a] for a in ids), np.int64, len(ids))
+        acc = known
         if self.t0_ is None:
             self.t0_ = int(ts.min())
         X = self._event_columns(ev)

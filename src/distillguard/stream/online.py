@@ -561,12 +561,12 @@ class OnlineDetector:
         return int(root)
 
     def _link(self, inc: list[tuple]) -> None:
-        fam = self.kind_family_
-        vindex, pairs = self.vindex_, self.pairs_
-        protected = self.verdict_ if self.protect else None
+        fam_bit = [1 << int(f) for f in self.kind_family_]
+        vindex, pairs, need = self.vindex_, self.pairs_, self.min_families_
+        if self.protect and inc:
+            a_all = np.fromiter((t[0] for t in inc), np.int64, len(inc))
+            inc = [t for t, ok in zip(inc, (self.verdict_[a_all] != 2).tolist()) if ok]
         for a, kind, value in inc:
-            if protected is not None and protected[a] == 2:
-                continue
             key = _vkey(kind, value)
             lst = vindex.get(key, 0)
             if lst is None:
@@ -581,13 +581,12 @@ class OnlineDetector:
                 continue
             if kind == 3 and self.seed_[lst].any():
                 self._due_now([a])                    # shares a payment with a seed
-            bit = 1 << int(fam[kind])
+            bit = fam_bit[kind]
             olds = pairs.or_many([(a << 32) | b if a < b else (b << 32) | a for b in lst], bit)
             for b, old in zip(lst, olds):
-                bits = old | bit
-                if bin(bits).count("1") >= self.min_families_:
+                if (old | bit).bit_count() >= need:
                     self._union(a, b, 1 << kind)
-                    if bin(old).count("1") < self.min_families_:
+                    if old.bit_count() < need:
                         self.strong_.setdefault(a, []).append(b)
                         self.strong_.setdefault(b, []).append(a)
                         if self.seed_[b] or self.seed_[a]:

@@ -186,6 +186,9 @@ class OnlineDetector:
         self.task_ = np.zeros((cap, len(TASKS)), np.uint32)
         self.hh_id_ = np.zeros((cap, HH_K), np.uint64)
         self.hh_cnt_ = np.zeros((cap, HH_K), np.uint32)
+        # per slot, what is already known of its template (1: used ≥ 5 times, 2: by ≥ 2
+        # accounts; both only ever become true): a cache, not saved with the state
+        self.hh_flag_ = np.zeros((cap, HH_K), np.uint8)
         self.meta_ = {"tier": np.zeros(cap, np.int8), "verified": np.zeros(cap, bool),
                       "billing": np.zeros(cap, np.uint64), "paykey": np.zeros(cap, np.uint64),
                       "emailkey": np.zeros(cap, np.uint64)}
@@ -226,6 +229,7 @@ class OnlineDetector:
         self.hll_ = hll
         self.win_, self.task_ = g(self.win_), g(self.task_)
         self.hh_id_, self.hh_cnt_ = g(self.hh_id_), g(self.hh_cnt_)
+        self.hh_flag_ = g(self.hh_flag_)
         self.verdict_, self.seed_ = g(self.verdict_), g(self.seed_)
         parent = np.arange(new, dtype=np.int64)
         parent[:cap] = self.parent_
@@ -529,6 +533,7 @@ class OnlineDetector:
         templates in order: a known one counts up, a new one takes a free slot, and with
         none free every counter counts down."""
         rows: dict[int, tuple[list, list]] = {}
+        new_slots: list[tuple[int, int]] = []
         for a, t in zip(acc, tids):
             r = rows.get(a)
             if r is None:
@@ -542,6 +547,7 @@ class OnlineDetector:
                 for j in range(HH_K):
                     if cnt[j] == 0:
                         ids[j], cnt[j] = t, 1
+                        new_slots.append((a, j))
                         break
                 else:
                     for j in range(HH_K):
@@ -549,6 +555,9 @@ class OnlineDetector:
         for a, (ids, cnt) in rows.items():
             self.hh_id_[a] = ids
             self.hh_cnt_[a] = cnt
+        if new_slots:
+            a, j = zip(*new_slots)
+            self.hh_flag_[list(a), list(j)] = 0
 
     # -- linking ---------------------------------------------------------------------------
     def _find(self, x: int) -> int:
@@ -702,11 +711,15 @@ class OnlineDetector:
     def _template_shares(self, idx, cls) -> tuple[np.ndarray, np.ndarray]:
         ids, cnt = self.hh_id_[idx], self.hh_cnt_[idx].astype(np.float64)
         live = cnt > 0                       # a slot counted down to 0 holds a stale id
-        uq, inv = np.unique(ids[live], return_inverse=True)
-        recs = [self.templates_.get(t) or (0, 0, 0) for t in uq.tolist()]
-        big, shr = np.zeros(ids.shape, bool), np.zeros(ids.shape, bool)
-        big[live] = np.array([r[0] >= 5 for r in recs], bool)[inv]
-        shr[live] = np.array([r[2] >= 2 for r in recs], bool)[inv]
+        flag = self.hh_flag_[idx]
+        todo = live & (flag != 3)            # look up only what may have changed
+        if todo.any():
+            uq, inv = np.unique(ids[todo], return_inverse=True)
+            recs = [self.templates_.get(t) or (0, 0, 0) for t in uq.tolist()]
+            flag[todo] = np.array([(r[0] >= 5) | ((r[2] >= 2) << 1) for r in recs],
+                                  np.uint8)[inv]
+            self.hh_flag_[idx] = flag
+        big, shr = live & (flag & 1 > 0), live & (flag & 2 > 0)
         return ((cnt * big).sum(1) / cls).clip(0, 1), ((cnt * shr).sum(1) / cls).clip(0, 1)
 
     def _tier_pct(self, idx, per_day) -> np.ndarray:

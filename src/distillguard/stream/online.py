@@ -189,6 +189,12 @@ class OnlineDetector:
         # per slot, what is already known of its template (1: used ≥ 5 times, 2: by ≥ 2
         # accounts; both only ever become true): a cache, not saved with the state
         self.hh_flag_ = np.zeros((cap, HH_K), np.uint8)
+        # per tier, the sorted per-day volumes of its accounts (for per_day_tier_pct), each
+        # account's value in it, and whether it learned since (caches, not saved)
+        self.pd_pop_: dict[int, np.ndarray] = {}
+        self.pd_val_ = np.zeros(cap, np.float64)
+        self.pd_dirty_ = np.zeros(cap, bool)
+        self.pd_n_ = 0
         self.meta_ = {"tier": np.zeros(cap, np.int8), "verified": np.zeros(cap, bool),
                       "billing": np.zeros(cap, np.uint64), "paykey": np.zeros(cap, np.uint64),
                       "emailkey": np.zeros(cap, np.uint64)}
@@ -230,6 +236,7 @@ class OnlineDetector:
         self.win_, self.task_ = g(self.win_), g(self.task_)
         self.hh_id_, self.hh_cnt_ = g(self.hh_id_), g(self.hh_cnt_)
         self.hh_flag_ = g(self.hh_flag_)
+        self.pd_val_, self.pd_dirty_ = g(self.pd_val_), g(self.pd_dirty_)
         self.verdict_, self.seed_ = g(self.verdict_), g(self.seed_)
         parent = np.arange(new, dtype=np.int64)
         parent[:cap] = self.parent_
@@ -352,14 +359,16 @@ class OnlineDetector:
         F["last_ts"][u] = ts_s[start + cnt - 1]
         F["last_day"][u] = day[start + cnt - 1]
         C["n"][u] += cnt
+        self.pd_dirty_[u] = True
         C["days"][u] += seg(new_day).astype(np.int64)
         g = gap[has_gap]
-        gu = a_s[has_gap]
         if len(g):
-            C["fast"] += np.bincount(gu, g < 2.0, minlength=len(C["n"])).astype(np.int64)
-            C["session"] += np.bincount(gu, g > 1800.0, minlength=len(C["n"])).astype(np.int64)
-            F["gap_sum"] += np.bincount(gu, g, minlength=len(C["n"]))
-            F["gap_sq"] += np.bincount(gu, g * g, minlength=len(C["n"]))
+            # sums per account of the chunk (bins over the chunk's accounts, not all rows)
+            gu = np.repeat(np.arange(len(u)), cnt)[has_gap]
+            C["fast"][u] += np.bincount(gu, g < 2.0, minlength=len(u)).astype(np.int64)
+            C["session"][u] += np.bincount(gu, g > 1800.0, minlength=len(u)).astype(np.int64)
+            F["gap_sum"][u] += np.bincount(gu, g, minlength=len(u))
+            F["gap_sq"][u] += np.bincount(gu, g * g, minlength=len(u))
         C["single"][u] += seg(X["nut"][order] <= 1).astype(np.int64)
         C["tool"][u] += seg(X["ntools"][order] > 0).astype(np.int64)
         C["tool_result"][u] += seg(X["tool_result"][order]).astype(np.int64)
@@ -722,15 +731,37 @@ class OnlineDetector:
         big, shr = live & (flag & 1 > 0), live & (flag & 2 > 0)
         return ((cnt * big).sum(1) / cls).clip(0, 1), ((cnt * shr).sum(1) / cls).clip(0, 1)
 
+    def _sync_per_day(self) -> None:
+        """Bring the sorted per-tier populations of per-day volume up to date: the accounts
+        learned since the last call leave with their old value and come back with the new
+        one (O(accounts) memory moves, instead of sorting every account at every scoring)."""
+        n, old_n = self.n_accounts_, self.pd_n_
+        dirty = np.flatnonzero(self.pd_dirty_[:old_n])
+        upd = np.concatenate([dirty, np.arange(old_n, n)])
+        if not len(upd):
+            return
+        vals = self.c_["n"][upd] / np.maximum(self.c_["days"][upd], 1)
+        tier_upd, tier_old = self.meta_["tier"][upd], self.meta_["tier"][dirty]
+        old_vals = self.pd_val_[dirty]
+        for t in np.unique(tier_upd).tolist():
+            pop = self.pd_pop_.get(t, np.zeros(0))
+            rm = np.sort(old_vals[tier_old == t])
+            if len(rm):     # one copy per value removed: equal values sit side by side
+                k = np.arange(len(rm)) - np.searchsorted(rm, rm, "left")
+                pop = np.delete(pop, np.searchsorted(pop, rm, "left") + k)
+            add = np.sort(vals[tier_upd == t])
+            self.pd_pop_[t] = np.insert(pop, np.searchsorted(pop, add), add)
+        self.pd_val_[upd] = vals
+        self.pd_dirty_[dirty] = False
+        self.pd_n_ = n
+
     def _tier_pct(self, idx, per_day) -> np.ndarray:
         """Percentile of per-day volume within the tier, among all accounts seen so far."""
-        n = self.n_accounts_
-        all_pd = self.c_["n"][:n] / np.maximum(self.c_["days"][:n], 1)
-        tiers = self.meta_["tier"][:n]
+        self._sync_per_day()
         out = np.zeros(len(idx))
         t_idx = self.meta_["tier"][idx]
         for t in np.unique(t_idx):
-            pop = np.sort(all_pd[tiers == t])
+            pop = self.pd_pop_.get(int(t), np.zeros(0))
             sel = t_idx == t
             lo = np.searchsorted(pop, per_day[sel], "left")
             hi = np.searchsorted(pop, per_day[sel], "right")

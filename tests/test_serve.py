@@ -284,3 +284,22 @@ def test_a_group_change_republishes_untouched_members():
     cluster = eng.table["c"][3]
     assert cluster is not None and eng.table["a"][3] == eng.table["b"][3] == cluster
     assert eng.decide(r("a", 9)).cluster_id == cluster
+
+
+def test_quiet_runtime_freezes_and_shortens_the_switch_interval():
+    """What ``distillguard serve`` applies before serving: the live objects move to the
+    collector's permanent generation, and threads hand back the GIL after 1 ms."""
+    import gc
+    import sys
+
+    from distillguard.serve.app import quiet_runtime
+
+    old = sys.getswitchinterval()
+    try:
+        quiet_runtime(0.002)
+        assert gc.get_freeze_count() > 1000
+        assert sys.getswitchinterval() == pytest.approx(0.002)
+    finally:
+        gc.unfreeze()
+        sys.setswitchinterval(old)
+    assert gc.get_freeze_count() == 0

@@ -32,6 +32,13 @@ MODEL_FORMAT_VERSION = 1
 DEFAULT_MODEL = "data/models/scorer-v1.json"
 
 
+def _filled(col: pl.Series, value: float) -> np.ndarray:
+    """``col.fill_null(value)`` as numpy, without a polars query when there is no null
+    (``fill_null`` runs one; this runs at every online rescoring)."""
+    x = col.to_numpy()
+    return np.where(col.is_null().to_numpy(), value, x) if col.null_count() else x
+
+
 def _sigmoid(z: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-z))
 
@@ -156,8 +163,10 @@ class Scorer:
 
     def score(self, features: pl.DataFrame) -> np.ndarray:
         """Raw score in 0..1 (higher = more likely part of a campaign)."""
+        return self._score(self._signals().strengths(features))
+
+    def _score(self, X: np.ndarray) -> np.ndarray:
         coef, b, _, _ = self._params()
-        X = self._signals().strengths(features)
         return _sigmoid(X @ coef + b)
 
     def decide(self, scores: np.ndarray, *, attack: float | None = None) -> np.ndarray:
@@ -174,31 +183,32 @@ class Scorer:
 
     def reasons(self, features: pl.DataFrame) -> list[str]:
         """';'-separated ids of the signals that raised each score most, strongest first."""
+        return self._reasons(self._signals().strengths(features))
+
+    def _reasons(self, X: np.ndarray) -> list[str]:
         coef, _, _, _ = self._params()
-        ss = self._signals()
-        contrib = ss.strengths(features) * coef
-        ids = np.array(ss.ids)
+        contrib = X * coef
+        ids = np.array(self._signals().ids)
         order = np.argsort(-contrib, axis=1, kind="stable")[:, : self.max_reasons]
-        out = []
-        for row, idx in zip(contrib, order):
-            names = [ids[j] for j in idx if row[j] > 0.05]
-            out.append(";".join(names))
-        return out
+        names = ids[order].tolist()
+        keep = (np.take_along_axis(contrib, order, axis=1) > 0.05).tolist()
+        return [";".join([n for n, k in zip(nr, kr) if k]) for nr, kr in zip(names, keep)]
 
     def run(self, features: pl.DataFrame) -> ScoredAccounts:
-        s = self.score(features)
+        X = self._signals().strengths(features)       # once for the score and the reasons
+        s = self._score(X)
         verdict = self.cap_solo(self.decide(s), features)
-        return ScoredAccounts(score=s, verdict=verdict, reasons=self.reasons(features))
+        return ScoredAccounts(score=s, verdict=verdict, reasons=self._reasons(X))
 
     def solo(self, features: pl.DataFrame) -> np.ndarray:
         """Accounts ``cap_solo`` holds below ``attack``: no cluster and no link (none when
         ``solo_max_verdict`` is ``attack``)."""
         if self.solo_max_verdict == "attack":
             return np.zeros(features.height, bool)
-        size = (features["c_size"].fill_null(1.0).to_numpy() if "c_size" in features.columns
+        size = (_filled(features["c_size"], 1.0) if "c_size" in features.columns
                 else np.ones(features.height))
-        deg = (features["link_degree"].fill_null(0.0).to_numpy()
-               if "link_degree" in features.columns else np.zeros(features.height))
+        deg = (_filled(features["link_degree"], 0.0) if "link_degree" in features.columns
+               else np.zeros(features.height))
         return (size <= 1) & (deg <= 0)
 
     def cap_solo(self, verdict: np.ndarray, features: pl.DataFrame) -> np.ndarray:

@@ -274,14 +274,23 @@ class DecisionEngine:
                 rows = self._pub.changed(account_ids)
             self._apply(rows)
 
+    #: records serialised per ``orjson.dumps`` call when shipping a batch: one call holds
+    #: the GIL throughout (≈ 1.3–2 ms for 1,000 requests of the load test's mix), slices of
+    #: 100 hold it ≈ 0.15 ms each, and the event loop gets it back in between (a call per
+    #: record would cost ~6x the CPU)
+    SEND_SLICE = 100
+
     def _send(self, records) -> int:
-        """Send a batch (``None``: stop). Its records were serialised one by one as they
-        were queued, so a batch is one join here: no ``orjson.dumps`` of a whole batch (a
-        few ms at 1,000 requests) holds the serving process's GIL."""
+        """Send a batch (``None``: stop), serialised in slices of :attr:`SEND_SLICE`."""
         with self._send_lock:                # one writer at a time on the pipe
             self._seq += 1
-            msg = (b"[%d,null]" % self._seq if records is None
-                   else b"[%d,[%b]]" % (self._seq, b",".join(records)))
+            if records is None:
+                msg = b"[%d,null]" % self._seq
+            else:
+                k = self.SEND_SLICE
+                msg = b"[%d,[%b]]" % (self._seq, b",".join(
+                    orjson.dumps(records[i:i + k], default=str)[1:-1]
+                    for i in range(0, len(records), k)))
             try:
                 self._to_learner.send_bytes(msg)
             except OSError as err:
@@ -336,10 +345,8 @@ class DecisionEngine:
         else:   # learned later, off this path; decide from the account's published row
             check_record(record)                 # validate now: bad input is the caller's
             account = str(record["account_id"])
-            item = (orjson.dumps(record, default=str) if self.learner == "process"
-                    else record)
             with self._pending_lock:
-                self._pending.append(item)
+                self._pending.append(record)
                 self._seen[account] += 1
                 mine = self._seen[account]
             row = self.table.get(account, _EMPTY)

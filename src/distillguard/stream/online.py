@@ -187,6 +187,15 @@ class OnlineDetector:
         self.task_ = np.zeros((cap, len(TASKS)), np.uint32)
         self.hh_id_ = np.zeros((cap, HH_K), np.uint64)
         self.hh_cnt_ = np.zeros((cap, HH_K), np.uint32)
+        # per slot, what is already known of its template (1: used ≥ 5 times, 2: by ≥ 2
+        # accounts; both only ever become true): a cache, not saved with the state
+        self.hh_flag_ = np.zeros((cap, HH_K), np.uint8)
+        # per tier, the sorted per-day volumes of its accounts (for per_day_tier_pct), each
+        # account's value in it, and whether it learned since (caches, not saved)
+        self.pd_pop_: dict[int, np.ndarray] = {}
+        self.pd_val_ = np.zeros(cap, np.float64)
+        self.pd_dirty_ = np.zeros(cap, bool)
+        self.pd_n_ = 0
         self.meta_ = {"tier": np.zeros(cap, np.int8), "verified": np.zeros(cap, bool),
                       "billing": np.zeros(cap, np.uint64), "paykey": np.zeros(cap, np.uint64),
                       "emailkey": np.zeros(cap, np.uint64)}
@@ -227,6 +236,8 @@ class OnlineDetector:
         self.hll_ = hll
         self.win_, self.task_ = g(self.win_), g(self.task_)
         self.hh_id_, self.hh_cnt_ = g(self.hh_id_), g(self.hh_cnt_)
+        self.hh_flag_ = g(self.hh_flag_)
+        self.pd_val_, self.pd_dirty_ = g(self.pd_val_), g(self.pd_dirty_)
         self.verdict_, self.seed_ = g(self.verdict_), g(self.seed_)
         parent = np.arange(new, dtype=np.int64)
         parent[:cap] = self.parent_
@@ -276,6 +287,8 @@ class OnlineDetector:
         """Accounts-table rows of new accounts ``ids`` ({} when absent), dropped from the
         lookup (an account is registered once)."""
         rows = [self._meta.pop(a, None) for a in ids]
+        if not self._meta:
+            self._meta = {}                   # a dict keeps its table when emptied
         have = [r for r in rows if r is not None]
         if not have:
             return [{} for _ in ids]
@@ -297,8 +310,11 @@ class OnlineDetector:
             return np.zeros(0, np.int64)
         ev = events
         aid = ev["account_id"]
-        known = aid.replace_strict(self.index_, default=-1, return_dtype=pl.Int64) \
-            if self.index_ else pl.Series(np.full(ev.height, -1, np.int64))
+        ids = aid.to_list()
+        # a dict lookup per event (polars' replace_strict turns the whole index, up to
+        # millions of accounts, into a Series on every call)
+        index = self.index_
+        known = np.fromiter((index.get(a, -1) for a in ids), np.int64, len(ids))
         ts = ev["ts"].dt.epoch("us").to_numpy().astype(np.int64)
         inc: list[tuple] = []
         if (known == -1).any():
@@ -311,8 +327,8 @@ class OnlineDetector:
                 tiers = dict(zip(tiers["a"].to_list(), tiers["t"].to_list()))
                 tiers = [tiers.get(a) for a in new["a"].to_list()]
             inc += self._add_accounts(new["a"].to_list(), new["ts"].to_numpy(), tiers)
-            known = aid.replace_strict(self.index_, return_dtype=pl.Int64)
-        acc = known.to_numpy()
+            known = np.fromiter((index[a] for a in ids), np.int64, len(ids))
+        acc = known
         if self.t0_ is None:
             self.t0_ = int(ts.min())
         X = self._event_columns(ev)
@@ -345,14 +361,16 @@ class OnlineDetector:
         F["last_ts"][u] = ts_s[start + cnt - 1]
         F["last_day"][u] = day[start + cnt - 1]
         C["n"][u] += cnt
+        self.pd_dirty_[u] = True
         C["days"][u] += seg(new_day).astype(np.int64)
         g = gap[has_gap]
-        gu = a_s[has_gap]
         if len(g):
-            C["fast"] += np.bincount(gu, g < 2.0, minlength=len(C["n"])).astype(np.int64)
-            C["session"] += np.bincount(gu, g > 1800.0, minlength=len(C["n"])).astype(np.int64)
-            F["gap_sum"] += np.bincount(gu, g, minlength=len(C["n"]))
-            F["gap_sq"] += np.bincount(gu, g * g, minlength=len(C["n"]))
+            # sums per account of the chunk (bins over the chunk's accounts, not all rows)
+            gu = np.repeat(np.arange(len(u)), cnt)[has_gap]
+            C["fast"][u] += np.bincount(gu, g < 2.0, minlength=len(u)).astype(np.int64)
+            C["session"][u] += np.bincount(gu, g > 1800.0, minlength=len(u)).astype(np.int64)
+            F["gap_sum"][u] += np.bincount(gu, g, minlength=len(u))
+            F["gap_sq"][u] += np.bincount(gu, g * g, minlength=len(u))
         C["single"][u] += seg(X["nut"][order] <= 1).astype(np.int64)
         C["tool"][u] += seg(X["ntools"][order] > 0).astype(np.int64)
         C["tool_result"][u] += seg(X["tool_result"][order]).astype(np.int64)
@@ -554,6 +572,7 @@ class OnlineDetector:
         templates in order: a known one counts up, a new one takes a free slot, and with
         none free every counter counts down."""
         rows: dict[int, tuple[list, list]] = {}
+        new_slots: list[tuple[int, int]] = []
         for a, t in zip(acc, tids):
             r = rows.get(a)
             if r is None:
@@ -567,6 +586,7 @@ class OnlineDetector:
                 for j in range(HH_K):
                     if cnt[j] == 0:
                         ids[j], cnt[j] = t, 1
+                        new_slots.append((a, j))
                         break
                 else:
                     for j in range(HH_K):
@@ -574,6 +594,9 @@ class OnlineDetector:
         for a, (ids, cnt) in rows.items():
             self.hh_id_[a] = ids
             self.hh_cnt_[a] = cnt
+        if new_slots:
+            a, j = zip(*new_slots)
+            self.hh_flag_[list(a), list(j)] = 0
 
     # -- linking ---------------------------------------------------------------------------
     def _find(self, x: int) -> int:
@@ -586,12 +609,12 @@ class OnlineDetector:
         return int(root)
 
     def _link(self, inc: list[tuple]) -> None:
-        fam = self.kind_family_
-        vindex, pairs = self.vindex_, self.pairs_
-        protected = self.verdict_ if self.protect else None
+        fam_bit = [1 << int(f) for f in self.kind_family_]
+        vindex, pairs, need = self.vindex_, self.pairs_, self.min_families_
+        if self.protect and inc:
+            a_all = np.fromiter((t[0] for t in inc), np.int64, len(inc))
+            inc = [t for t, ok in zip(inc, (self.verdict_[a_all] != 2).tolist()) if ok]
         for a, kind, value in inc:
-            if protected is not None and protected[a] == 2:
-                continue
             key = _vkey(kind, value)
             lst = vindex.get(key, 0)
             if lst is None:
@@ -606,13 +629,12 @@ class OnlineDetector:
                 continue
             if kind == 3 and self.seed_[lst].any():
                 self._due_now([a])                    # shares a payment with a seed
-            bit = 1 << int(fam[kind])
+            bit = fam_bit[kind]
             olds = pairs.or_many([(a << 32) | b if a < b else (b << 32) | a for b in lst], bit)
             for b, old in zip(lst, olds):
-                bits = old | bit
-                if bin(bits).count("1") >= self.min_families_:
+                if (old | bit).bit_count() >= need:
                     self._union(a, b, 1 << kind)
-                    if bin(old).count("1") < self.min_families_:
+                    if old.bit_count() < need:
                         self.strong_.setdefault(a, []).append(b)
                         self.strong_.setdefault(b, []).append(a)
                         if self.seed_[b] or self.seed_[a]:
@@ -734,22 +756,48 @@ class OnlineDetector:
     def _template_shares(self, idx, cls) -> tuple[np.ndarray, np.ndarray]:
         ids, cnt = self.hh_id_[idx], self.hh_cnt_[idx].astype(np.float64)
         live = cnt > 0                       # a slot counted down to 0 holds a stale id
-        uq, inv = np.unique(ids[live], return_inverse=True)
-        recs = [self.templates_.get(t) or (0, 0, 0) for t in uq.tolist()]
-        big, shr = np.zeros(ids.shape, bool), np.zeros(ids.shape, bool)
-        big[live] = np.array([r[0] >= 5 for r in recs], bool)[inv]
-        shr[live] = np.array([r[2] >= 2 for r in recs], bool)[inv]
+        flag = self.hh_flag_[idx]
+        todo = live & (flag != 3)            # look up only what may have changed
+        if todo.any():
+            uq, inv = np.unique(ids[todo], return_inverse=True)
+            recs = [self.templates_.get(t) or (0, 0, 0) for t in uq.tolist()]
+            flag[todo] = np.array([(r[0] >= 5) | ((r[2] >= 2) << 1) for r in recs],
+                                  np.uint8)[inv]
+            self.hh_flag_[idx] = flag
+        big, shr = live & (flag & 1 > 0), live & (flag & 2 > 0)
         return ((cnt * big).sum(1) / cls).clip(0, 1), ((cnt * shr).sum(1) / cls).clip(0, 1)
+
+    def _sync_per_day(self) -> None:
+        """Bring the sorted per-tier populations of per-day volume up to date: the accounts
+        learned since the last call leave with their old value and come back with the new
+        one (O(accounts) memory moves, instead of sorting every account at every scoring)."""
+        n, old_n = self.n_accounts_, self.pd_n_
+        dirty = np.flatnonzero(self.pd_dirty_[:old_n])
+        upd = np.concatenate([dirty, np.arange(old_n, n)])
+        if not len(upd):
+            return
+        vals = self.c_["n"][upd] / np.maximum(self.c_["days"][upd], 1)
+        tier_upd, tier_old = self.meta_["tier"][upd], self.meta_["tier"][dirty]
+        old_vals = self.pd_val_[dirty]
+        for t in np.unique(tier_upd).tolist():
+            pop = self.pd_pop_.get(t, np.zeros(0))
+            rm = np.sort(old_vals[tier_old == t])
+            if len(rm):     # one copy per value removed: equal values sit side by side
+                k = np.arange(len(rm)) - np.searchsorted(rm, rm, "left")
+                pop = np.delete(pop, np.searchsorted(pop, rm, "left") + k)
+            add = np.sort(vals[tier_upd == t])
+            self.pd_pop_[t] = np.insert(pop, np.searchsorted(pop, add), add)
+        self.pd_val_[upd] = vals
+        self.pd_dirty_[dirty] = False
+        self.pd_n_ = n
 
     def _tier_pct(self, idx, per_day) -> np.ndarray:
         """Percentile of per-day volume within the tier, among all accounts seen so far."""
-        n = self.n_accounts_
-        all_pd = self.c_["n"][:n] / np.maximum(self.c_["days"][:n], 1)
-        tiers = self.meta_["tier"][:n]
+        self._sync_per_day()
         out = np.zeros(len(idx))
         t_idx = self.meta_["tier"][idx]
         for t in np.unique(t_idx):
-            pop = np.sort(all_pd[tiers == t])
+            pop = self.pd_pop_.get(int(t), np.zeros(0))
             sel = t_idx == t
             lo = np.searchsorted(pop, per_day[sel], "left")
             hi = np.searchsorted(pop, per_day[sel], "right")

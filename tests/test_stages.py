@@ -329,3 +329,66 @@ def test_attach_flagged_joins_strongly_tied_loose_attack_accounts_only():
     low = attach_flagged(memb, verdict, edges, min_weight=1)
     assert dict(low.iter_rows())["weak"] == "C0001"
     assert attach_flagged(memb, verdict, edges.head(0), min_weight=1).equals(memb)
+
+
+def _reference_edges(inc: pl.DataFrame, n_accounts: int, cfg: LinkConfig) -> dict:
+    """All pairs of every shared value, summed and capped with plain Python dicts."""
+    import math
+    from collections import defaultdict
+
+    fam = {k: f for f, ks in cfg.families.items() for k in ks}
+    max_k = max(2, int(cfg.max_share * n_accounts))
+    groups = defaultdict(set)
+    for a, kind, v in inc.iter_rows():
+        if cfg.kind_weights.get(kind, 0) > 0:
+            groups[(kind, v)].add(a)
+    per_kind = defaultdict(float)
+    for (kind, _), accs in groups.items():
+        if 2 <= len(accs) <= max_k:
+            w = cfg.kind_weights[kind] * (math.log(n_accounts) - math.log(len(accs))) \
+                / math.log(max(n_accounts, 3))
+            accs = sorted(accs)
+            for i, x in enumerate(accs):
+                for y in accs[i + 1:]:
+                    per_kind[(x, y, kind)] += w
+    per_fam = defaultdict(float)
+    kinds = defaultdict(set)
+    for (x, y, kind), w in per_kind.items():
+        per_fam[(x, y, fam.get(kind, kind))] += min(w, cfg.kind_cap)
+        kinds[(x, y)].add(kind)
+    pairs = defaultdict(lambda: [0.0, 0])
+    for (x, y, _), w in per_fam.items():
+        pairs[(x, y)][0] += min(w, cfg.family_cap)
+        pairs[(x, y)][1] += 1
+    return {p: (w, sorted(kinds[p])) for p, (w, nf) in pairs.items()
+            if nf >= cfg.min_families and w >= cfg.min_weight}
+
+
+def test_edges_equal_a_plain_all_pairs_reference_spilled_or_not(monkeypatch):
+    """The integer-coded, sort-reduced edges equal a dictionary reference over all pairs
+    (groups below full_pairs_max), and the same when pair rows are spilled in buckets."""
+    import distillguard.link as link
+
+    rng = np.random.default_rng(3)
+    n = 300
+    accs = [f"a{i:03d}" for i in range(n)]
+    rows = []
+    for kind, n_values in (("ip", 120), ("payment", 60), ("template", 40), ("email_domain", 8)):
+        for i in range(n):
+            for v in rng.choice(n_values, size=rng.integers(1, 4), replace=False):
+                rows.append((accs[i], kind, f"{kind}-{v}"))
+    inc = pl.DataFrame(rows, schema=["account_id", "kind", "value"], orient="row").unique()
+    cfg = LinkConfig(kind_weights={"ip": 1.0, "payment": 1.5, "template": 0.8,
+                                   "email_domain": 0.5},
+                     families={"network": ["ip"], "identity": ["payment", "email_domain"],
+                               "content": ["template"]},
+                     min_families=2, full_pairs_max=1000, max_share=0.2, min_weight=0.3)
+    ref = _reference_edges(inc, n, cfg)
+    assert len(ref) > 100
+    for chunk in (link.PAIR_CHUNK, 500):
+        monkeypatch.setattr(link, "PAIR_CHUNK", chunk)
+        e = edges_from_incidences(inc, n, cfg)
+        got = {(r["src"], r["dst"]): (r["weight"], r["kinds"]) for r in e.iter_rows(named=True)}
+        assert got.keys() == ref.keys()
+        for p, (w, kinds) in ref.items():
+            assert got[p][0] == pytest.approx(w, rel=1e-12) and got[p][1] == kinds

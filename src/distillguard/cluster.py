@@ -204,7 +204,9 @@ def cluster_features(features: pl.DataFrame, membership: pl.DataFrame, edges: pl
         agg = agg.join(ek, on="cluster_id", how="left").with_columns(
             density=pl.col("inner_edges") / (pl.col("size") * (pl.col("size") - 1) / 2))
     if sample is not None and not sample.is_empty():
-        s = sample.join(membership, on="account_id", how="inner")
+        # only the columns used (the sample also carries prompt, system and tool lists)
+        s = (sample.select("account_id", "ts", "template_id", "task")
+             .join(membership, on="account_id", how="inner"))
         agg = agg.join(_sample_cluster_stats(s), on="cluster_id", how="left")
     return agg.sort("cluster_id")
 

@@ -120,9 +120,10 @@ def incidences(events: pl.LazyFrame | list[pl.LazyFrame], accounts: pl.DataFrame
 def edges_from_incidences(inc: pl.DataFrame, n_accounts: int, cfg: LinkConfig) -> pl.DataFrame:
     """Account–account edges from shared values, linear in the number of incidences.
 
-    Works on integer codes (accounts numbered in sorted-id order, each (kind, value) a dense
-    group id, pair rows generated with numpy rank arithmetic, kinds carried as a bit mask),
-    because string-keyed pair rows cost ~1 KB each and took > 11 GiB at 4M exchanges.
+    Works on integer codes (accounts numbered in sorted-id order, members grouped by an
+    integer sort on (kind, value hash), pair rows generated with numpy rank arithmetic and
+    reduced by a sort and segment sums, kinds carried as a bit mask), because string-keyed
+    pair rows cost ~1 KB each and took > 11 GiB at 4M exchanges.
     """
     schema = {"src": pl.String, "dst": pl.String, "weight": pl.Float64,
               "n_kinds": pl.UInt32, "kinds": pl.List(pl.String)}
@@ -177,8 +178,9 @@ def edges_from_incidences(inc: pl.DataFrame, n_accounts: int, cfg: LinkConfig) -
     full = k <= cfg.full_pairs_max
     span = np.where(full, k - 1 - rank, min(cfg.ring_degree, cfg.full_pairs_max))
     wpos = kw[kc] * (math.log(n_accounts) - np.log(k)) / log_n
-    # pair rows are made and reduced in buckets of the pair key (hash of the account pair),
-    # spilled to disk between the two, so memory is bounded by PAIR_CHUNK, not by the log
+    # pair rows are made and reduced in buckets of the pair key (the account pair code mod
+    # the buckets), spilled to disk between the two, so memory is bounded by PAIR_CHUNK,
+    # not by the log
     n_pairs = int(span.sum())
     n_buckets = max(1, math.ceil(n_pairs / PAIR_CHUNK))
     ends = np.flatnonzero(np.r_[gid[1:] != gid[:-1], True]) + 1  # group ends
@@ -226,9 +228,8 @@ def edges_from_incidences(inc: pl.DataFrame, n_accounts: int, cfg: LinkConfig) -
         sequential segment sums (``bincount``), since a polars group_by on the (pair,
         kind) columns of ~20M rows took ~10 s and grew faster than the rows."""
         if ring_wraps:  # a ring may wrap
-            pairs = (pl.DataFrame(pairs).unique(["p", "kc", "gid"], maintain_order=True)
-                     .to_dict(as_series=False))
-            pairs = {c: np.asarray(v) for c, v in pairs.items()}
+            df = pl.DataFrame(pairs).unique(["p", "kc", "gid"], maintain_order=True)
+            pairs = {c: df[c].to_numpy() for c in df.columns}
         key = pairs["p"] * n_codes + code[pairs["kc"]]
         order = (pl.DataFrame({"k": key}).with_row_index("i")
                  .sort("k", maintain_order=True)["i"].to_numpy())

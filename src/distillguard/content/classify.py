@@ -215,86 +215,29 @@ def _byte_ngrams(s: pl.Series, n: int) -> tuple[np.ndarray, np.ndarray]:
     return np.maximum(end - start - n + 1, 0), h[valid]
 
 
-_CLASS_CACHE: dict[int, tuple[bool, bool]] = {}
-
-
-def _char_classes(cps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(is ``\\w``, is ``\\s``) of distinct code points, decided by the polars regex engine
-    itself (so tokens equal ``str.extract_all(_WORD)``); cached per process."""
-    new = [int(c) for c in cps if int(c) not in _CLASS_CACHE]
-    if new:
-        ch = pl.Series([chr(c) for c in new], dtype=pl.String)
-        w = ch.str.contains(r"^\w$").to_list()
-        sp_ = ch.str.contains(r"^\s$").to_list()
-        _CLASS_CACHE.update(zip(new, zip(w, sp_)))
-    got = [_CLASS_CACHE[int(c)] for c in cps]
-    return (np.array([g[0] for g in got], dtype=bool), np.array([g[1] for g in got], dtype=bool))
-
-
-_ASCII_W, _ASCII_S = _char_classes(np.arange(128))
-
-
-def _tokens(s: pl.Series) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Tokens of ``_WORD`` (runs of ``\\w`` and single other non-space characters) of each
-    string, found on the UTF-8 bytes with numpy: (bytes, token byte starts, token byte
-    lengths, tokens per row). Equals ``str.extract_all(_WORD)`` at a fraction of its cost
-    (no string per token)."""
-    data, offs = _arrow_bytes(s)
-    lo, hi = int(offs[0]), int(offs[-1])
-    data, offs = data[lo:hi], offs - lo
-    n_rows = len(offs) - 1
-    if hi == lo:
-        return data, np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(n_rows, np.int64)
-    if int(data.max()) < 0x80:  # ASCII: one code point per byte
-        pos = np.arange(len(data), dtype=np.int64)
-        word, space = _ASCII_W[data], _ASCII_S[data]
-    else:
-        pos = np.flatnonzero((data & 0xC0) != 0x80)
-        b0 = data[pos].astype(np.int64)
-        width = 1 + (b0 >= 0xC0) + (b0 >= 0xE0) + (b0 >= 0xF0)
-        cp = np.where(width == 1, b0, b0 & (0xFF >> (width + 1)))
-        for k in (1, 2, 3):
-            m = np.flatnonzero(width > k)
-            cp[m] = (cp[m] << 6) | (data[pos[m] + k] & 0x3F)
-        u, inv = np.unique(cp, return_inverse=True)
-        wu, su = _char_classes(u)
-        word, space = wu[inv], su[inv]
-    n = len(pos)
-    other = ~word & ~space
-    # a code point that starts a row does not continue the previous row's word
-    row_start = np.zeros(n + 1, dtype=bool)
-    row_start[np.searchsorted(pos, offs[:-1])] = True
-    cont_prev = np.r_[False, word[:-1]] & ~row_start[:n]
-    cont_next = np.r_[word[1:], False] & ~row_start[1:]
-    starts = np.flatnonzero((word & ~cont_prev) | other)
-    ends = starts + 1
-    ends[word[starts]] = np.flatnonzero(word & ~cont_next) + 1
-    pos_end = np.r_[pos, len(data)]
-    tstart, tlen = pos[starts], pos_end[ends] - pos[starts]
-    counts = np.bincount(np.searchsorted(offs, tstart, side="right") - 1, minlength=n_rows)
-    return data, tstart, tlen, counts.astype(np.int64)
-
-
-def _word_ngrams(s: pl.Series) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Word unigrams and bigrams of the ``_WORD`` tokens of each string: (uni counts per
-    row, uni hashes, bi counts per row, bi hashes), hashes in row order.
+def _word_ngrams(tokens: pl.Series) -> tuple[np.ndarray, np.ndarray]:
+    """Word unigrams and bigrams of a List(String) Series: (uni counts per row, uni hashes,
+    bi counts per row, bi hashes), hashes in row order.
 
     A token's hash is the XOR of table entries for (position, byte) of its first
     ``_TOKEN_BYTES`` bytes and one for its length (tabulation hashing, vectorised with
     ``bitwise_xor.reduceat``).
     """
-    data, start, tlen, counts = _tokens(s)
+    counts = tokens.list.len().fill_null(0).to_numpy().astype(np.int64)
+    flat = tokens.explode(empty_as_null=False).drop_nulls()
+    flat = flat.filter(flat.str.len_bytes() > 0)
+    data, offs = _arrow_bytes(flat)
+    lo = int(offs[0])
+    start, tlen = offs[:-1] - lo, np.diff(offs)
     if len(start) == 0:
         z = np.zeros(len(counts), np.int64)
         return z, np.zeros(0, np.uint64), z, np.zeros(0, np.uint64)
-    nb = int(tlen.sum())
-    first = np.cumsum(tlen) - tlen  # each token's first byte in the flat token bytes
-    k = np.arange(nb, dtype=np.int64) - np.repeat(first, tlen)
-    src = np.repeat(start, tlen) + k
+    nb = int(offs[-1]) - lo
+    k = np.arange(nb, dtype=np.int32) - np.repeat(start.astype(np.int32), tlen)
     np.minimum(k, _TOKEN_BYTES, out=k)
     k <<= 8
-    k += data[src]
-    h = np.bitwise_xor.reduceat(_TAB_WORDS[k], first)
+    k += data[lo:lo + nb]
+    h = np.bitwise_xor.reduceat(_TAB_WORDS[k], start)
     h = _avalanche(h ^ (np.minimum(tlen, 4095).astype(np.uint64) << np.uint64(52)))
     row = np.repeat(np.arange(len(counts), dtype=np.int64), counts)
     same = row[1:] == row[:-1]
@@ -361,7 +304,8 @@ class TaskClassifier:
         df = pl.DataFrame({"t": s}).select(
             pl.when(pl.col("t").str.len_chars() > h + t)
             .then(pl.col("t").str.slice(0, h) + pl.lit(" … ") + pl.col("t").str.slice(-t))
-            .otherwise(pl.col("t")).str.to_lowercase().alias("w"),
+            .otherwise(pl.col("t")).str.to_lowercase()
+            .str.extract_all(_WORD).alias("w"),
             (pl.lit(" ") + pl.col("t").str.slice(0, self.char_chars).str.to_lowercase()
              .str.replace_all(r"\s+", " ") + pl.lit(" ")).alias("c"),
         )

@@ -232,22 +232,22 @@ def test_multi_evidence_lift_counts_independent_kinds_of_ties_to_attack_accounts
     assert list(apply_lifts(scorer, scored, feats, rare, (few,)).verdict) == list(verdict)
 
 
-def test_lift_config_errors_name_the_file_and_line(tmp_path):
+@pytest.mark.parametrize("rule, message", [
+    ("    groups: [[ipp]]\n    reason: r\n", r"groups must be lists of link"),
+    ("    groups: [[ip]]\n    reason: r\n    min_groups: 2\n", r".*min_groups"),
+    ("    groups: [[ip]]\n    reason: r\n    mni_score: 1\n",
+     r"unknown key\(s\) \['mni_score'\]"),
+    ("    groups: [[ip]]\n", r"needs name, groups and reason"),
+])
+def test_lift_config_errors_name_the_file_and_line(tmp_path, rule, message):
     bad = tmp_path / "s.yaml"
-    head = ("version: 1\nthresholds: {attack: 0.8, suspicious: 0.5}\n"
-            "link: {kind_weights: {ip: 1.0}}\nlifts:\n")
-    bad.write_text(head + "  - name: a\n    groups: [[ipp]]\n    reason: r\n")
-    with pytest.raises(ConfigError, match=r"s.yaml:5: lift 'a': groups must be lists of link"):
+    bad.write_text("version: 1\nthresholds: {attack: 0.8, suspicious: 0.5}\n"
+                   "link: {kind_weights: {ip: 1.0}}\nlifts:\n  - name: a\n" + rule)
+    with pytest.raises(ConfigError, match=r"s.yaml:5: lift 'a': " + message):
         load_signals(bad)
-    bad.write_text(head + "  - name: a\n    groups: [[ip]]\n    reason: r\n    min_groups: 2\n")
-    with pytest.raises(ConfigError, match=r"s.yaml:5: lift 'a': .*min_groups"):
-        load_signals(bad)
-    bad.write_text(head + "  - name: a\n    groups: [[ip]]\n    reason: r\n    mni_score: 1\n")
-    with pytest.raises(ConfigError, match=r"s.yaml:5: lift 'a': unknown key\(s\) \['mni_score'\]"):
-        load_signals(bad)
-    bad.write_text(head + "  - name: a\n    groups: [[ip]]\n")
-    with pytest.raises(ConfigError, match=r"s.yaml:5: lift 'a': needs name, groups and reason"):
-        load_signals(bad)
+
+
+def test_shipped_lifts():
     assert [lf.name for lf in load_signals().lifts] == ["solo_rare_ip", "multi_evidence"]
 
 

@@ -313,8 +313,8 @@ def apply_lifts(scorer: Scorer, scored: ScoredAccounts, features: pl.DataFrame,
         if not cand.any():
             continue
         flagged = ids.filter(pl.Series(np.isin(verdict, list(lift.flagged))))
-        peers = peers_among(rare.filter(pl.col("kind").is_in(list(lift.kinds))),
-                            ids.filter(pl.Series(cand)), flagged, groups=lift.groups,
+        # peers_among keeps only the kinds of lift.groups
+        peers = peers_among(rare, ids.filter(pl.Series(cand)), flagged, groups=lift.groups,
                             max_holders=lift.max_holders)
         lifted = peers.filter((pl.col("peers") >= lift.min_flagged_peers)
                               & (pl.col("groups") >= lift.min_groups))["account_id"]

@@ -2,7 +2,7 @@
 
     python bench/bench_stream.py --scenario demo --seeds 1 2 3 --work /tmp/dg-bench-stream \
         [--scale 1.0] [--chunk-size N] [--grace G] [--rescore-factor F] [--no-batch] \
-        [--json OUT.json] [--markdown]
+        [--signals FILE] [--json OUT.json] [--markdown]
 
 For every seed: simulates the scenario (cached under ``WORK/SCENARIO-sSCALE-SEED/sim``),
 replays it with ``distillguard stream`` (in-process, default parameters unless given), runs the
@@ -75,14 +75,16 @@ def run_one(a, seed: int) -> dict:
     for f in ("checkpoint.sqlite", "checkpoint.sqlite-wal", "checkpoint.sqlite-shm"):
         (live / f).unlink(missing_ok=True)
     kw = {k: v for k, v in (("chunk_size", a.chunk_size), ("grace", a.grace),
-                            ("rescore_factor", a.rescore_factor)) if v is not None}
+                            ("rescore_factor", a.rescore_factor),
+                            ("signals_path", a.signals)) if v is not None}
     load_before = os.getloadavg()[0]
     r = replay([sim / "events"], accounts=sim / "accounts.csv", releases=sim / "releases.csv",
                out=live, **kw)
     load_after = os.getloadavg()[0]
     meta = json.loads((live / "stream.json").read_text())
     leak, fpr = leakage_table(sim, live)
-    out = {"scenario": a.scenario, "scale": a.scale, "seed": seed, "params": kw,
+    out = {"scenario": a.scenario, "scale": a.scale, "seed": seed,
+           "params": {k: str(v) if isinstance(v, Path) else v for k, v in kw.items()},
            "events": r.n_events, "accounts": r.n_accounts, "events_per_s": r.events_per_s,
            "loop_s": meta["loop_s"], "loop_cpu_s": meta.get("loop_cpu_s"),
            "load": [round(load_before, 2), round(load_after, 2)],
@@ -165,6 +167,9 @@ def main() -> None:
     ap.add_argument("--chunk-size", type=int, default=None, help="default: replay's")
     ap.add_argument("--grace", type=int, default=None, help="default: replay's")
     ap.add_argument("--rescore-factor", type=float, default=None, help="default: replay's")
+    ap.add_argument("--signals", type=Path, default=None,
+                    help="signal file for the replay (default: the shipped one; the batch "
+                         "run for the agreement always uses the shipped one)")
     ap.add_argument("--no-batch", action="store_true", help="skip the agreement with detect")
     ap.add_argument("--json", type=Path, default=None, help="write the results here")
     ap.add_argument("--markdown", action="store_true", help="print markdown tables")

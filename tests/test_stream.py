@@ -23,7 +23,8 @@ from distillguard.signals import load_signals
 from distillguard.stream.replay import iter_chunks, replay
 
 STREAM = load_signals().stream
-INHERITED = {"payment_shared_with_flagged", "linked_to_flagged"}
+INHERITED = {"payment_shared_with_flagged", "linked_to_flagged"} | {
+    x.reason for x in load_signals().lifts if x.name == STREAM.inherit_lift}
 
 
 @pytest.fixture(scope="module")
@@ -312,7 +313,7 @@ def test_online_attack_threshold_replaces_the_scorers(log_frames, learned):
     for thr, expect_attack in ((1.0, False), (1e-6, True)):
         det = _learn(ev, acc, rel)
         det.signals_ = dataclasses.replace(det.signals_, stream=dataclasses.replace(
-            det.signals_.stream, attack_threshold=thr, inherit_payment=0,
+            det.signals_.stream, attack_threshold=thr, inherit_payment=0, inherit_lift=None,
             min_exchanges_attack=1, early_exchanges=0))
         out = det.score_many(idx)
         own = out.filter(pl.col("verdict") == "attack")
@@ -340,7 +341,7 @@ def test_a_weak_seed_does_not_pass_its_flag_through_a_shared_card(sim, log_frame
     for bar in (1.0, 0.0):
         det = _learn(ev, pl.concat([acc, src.with_columns(account_id=pl.lit("newcomer"))]), rel)
         det.signals_ = dataclasses.replace(det.signals_, stream=dataclasses.replace(
-            det.signals_.stream, inherit_seed_min_score=bar))
+            det.signals_.stream, inherit_seed_min_score=bar, inherit_lift=None))
         det.score_many(det.learn_many(first))
         got[bar] = det.state_of("newcomer")["verdict"]
     assert got[0.0] == "attack" and got[1.0] != "attack"

@@ -74,6 +74,11 @@ class Lift:
     def kinds(self) -> tuple[str, ...]:
         return tuple(k for g in self.groups for k in g)
 
+    def group_masks(self, kinds: tuple[str, ...]) -> list[int]:
+        """Per evidence group, the bit mask of its link kinds in the ordering ``kinds``
+        (kinds not in ``kinds`` are left out)."""
+        return [sum(1 << kinds.index(k) for k in g if k in kinds) for g in self.groups]
+
 
 @dataclass(frozen=True)
 class StreamConfig:
@@ -89,7 +94,11 @@ class StreamConfig:
     seeds share its payment instrument, or when at least ``inherit_linked`` seeds are linked
     to it directly (shared values of ``link.min_families`` families) and its own score is at
     least ``inherit_linked_min_score``; a seed passes its flag on through a payment instrument
-    only with a score of at least ``inherit_seed_min_score``. 0 turns a rule off. ``attack_threshold`` (if set)
+    only with a score of at least ``inherit_seed_min_score``. 0 turns a rule off.
+    ``inherit_lift`` names a lift of the ``lifts:`` list to apply online as soon as an
+    account is scored: it inherits ``attack`` when its rare values tie it to such confident
+    seeds through at least the lift's ``min_groups`` evidence groups and its own score is at
+    least ``inherit_lift_min_score`` (None: the lift's own ``min_score``). ``attack_threshold`` (if set)
     replaces the scorer's attack threshold online: the online features (sketches, partial
     histories) score differently from batch ones, so the threshold is calibrated on online
     scores of fresh seeds by ``tools/fit_stream.py``.
@@ -105,6 +114,8 @@ class StreamConfig:
     inherit_seed_min_score: float = 0.0
     inherit_linked: int = 0
     inherit_linked_min_score: float = 0.5
+    inherit_lift: str | None = None
+    inherit_lift_min_score: float | None = None
 
     def __post_init__(self) -> None:
         if self.grace < 1 or self.min_exchanges_attack < 1:
@@ -121,6 +132,9 @@ class StreamConfig:
             raise TypeError("inherit_seed_min_score must be in 0..1")
         if self.attack_threshold is not None and not 0.0 < self.attack_threshold <= 1.0:
             raise TypeError("attack_threshold must be in (0, 1]")
+        if (self.inherit_lift_min_score is not None
+                and not 0.0 <= self.inherit_lift_min_score <= 1.0):
+            raise TypeError("inherit_lift_min_score must be in 0..1")
 
 
 @dataclass(frozen=True)
@@ -234,6 +248,9 @@ def load_signals(path: str | Path | None = None) -> SignalSet:
     if set(thresholds) != {"attack", "suspicious"}:
         raise ConfigError(f"{name}: thresholds must give 'attack' and 'suspicious'")
     lifts = _lifts(doc.get("lifts") or [], link, name)
+    if stream.inherit_lift is not None and stream.inherit_lift not in {x.name for x in lifts}:
+        raise ConfigError(f"{name}:{stream_raw.get('__line__', '?')}: stream: inherit_lift "
+                          f"'{stream.inherit_lift}' is not the name of a lift in lifts:")
     return SignalSet(version=int(doc.get("version", 1)), signals=tuple(signals),
                      intercept=float(doc.get("intercept", 0.0)),
                      thresholds={k: float(v) for k, v in thresholds.items()}, link=link,

@@ -161,6 +161,11 @@ class OnlineDetector:
         fam_of = {k: i for i, (_, ks) in enumerate(sorted(cfg.families.items())) for k in ks}
         self.kind_family_ = np.array([fam_of.get(k, 7) for k in KINDS], dtype=np.int64)
         self.min_families_ = int(cfg.min_families)
+        # pairs keep link-*kind* bits; the number of families a kind mask spans, by table
+        masks = np.arange(1 << len(KINDS))
+        self.fam_n_ = sum(((masks & sum(1 << k for k in np.flatnonzero(self.kind_family_ == f)))
+                           != 0).astype(np.int64) for f in np.unique(self.kind_family_)).tolist()
+        self._lift_rule()
         self.min_size_ = int(self.min_size or self.signals_.cluster.get("min_size", 3))
         self.signup_us_ = int(cfg.signup_bucket_minutes) * 60 * _US
         # accounts table rows by id, for accounts not seen yet (an account's fields are
@@ -201,6 +206,9 @@ class OnlineDetector:
                       "emailkey": np.zeros(cap, np.uint64)}
         self.verdict_ = np.zeros(cap, np.int8)
         self.seed_ = np.zeros(cap, bool)              # attack on its own evidence (a seed)
+        self.conf_ = np.zeros(cap, bool)              # a seed scoring >= inherit_seed_min_score
+        self.conf_set_: set[int] = set()
+        self.sev_ = np.zeros(cap, np.uint16)          # kinds of rare values shared with such
         self.parent_ = np.arange(cap, dtype=np.int64)
         self.gkinds_ = np.zeros(cap, np.int64)        # link-kind bits per union-find root
         self.reasons_: list[str] = []
@@ -239,6 +247,7 @@ class OnlineDetector:
         self.hh_flag_ = g(self.hh_flag_)
         self.pd_val_, self.pd_dirty_ = g(self.pd_val_), g(self.pd_dirty_)
         self.verdict_, self.seed_ = g(self.verdict_), g(self.seed_)
+        self.conf_, self.sev_ = g(self.conf_), g(self.sev_)
         parent = np.arange(new, dtype=np.int64)
         parent[:cap] = self.parent_
         self.parent_, self.gkinds_ = parent, g(self.gkinds_)
@@ -609,8 +618,8 @@ class OnlineDetector:
         return int(root)
 
     def _link(self, inc: list[tuple]) -> None:
-        fam_bit = [1 << int(f) for f in self.kind_family_]
-        vindex, pairs, need = self.vindex_, self.pairs_, self.min_families_
+        vindex, pairs, need, fam_n = self.vindex_, self.pairs_, self.min_families_, self.fam_n_
+        conf = self.conf_set_ if self._lift_rule() is not None else None
         if self.protect and inc:
             a_all = np.fromiter((t[0] for t in inc), np.int64, len(inc))
             inc = [t for t, ok in zip(inc, (self.verdict_[a_all] != 2).tolist()) if ok]
@@ -629,17 +638,45 @@ class OnlineDetector:
                 continue
             if kind == 3 and self.seed_[lst].any():
                 self._due_now([a])                    # shares a payment with a seed
-            bit = fam_bit[kind]
+            bit = 1 << kind
+            if conf:                                  # a rare value shared with a confident seed
+                if not conf.isdisjoint(lst):
+                    self._seed_evidence(np.array([a]), np.array([bit], np.uint16))
+                if a in conf:                         # (only without `protect`)
+                    self._seed_evidence(np.array(lst), np.full(len(lst), bit, np.uint16))
             olds = pairs.or_many([(a << 32) | b if a < b else (b << 32) | a for b in lst], bit)
             for b, old in zip(lst, olds):
-                if (old | bit).bit_count() >= need:
-                    self._union(a, b, 1 << kind)
-                    if old.bit_count() < need:
+                if fam_n[old | bit] >= need:
+                    self._union(a, b, bit)
+                    if fam_n[old] < need:
                         self.strong_.setdefault(a, []).append(b)
                         self.strong_.setdefault(b, []).append(a)
                         if self.seed_[b] or self.seed_[a]:
                             self._due_now([b if self.seed_[a] else a])
             lst.append(a)
+
+    def _lift_rule(self):
+        """The online lift (``stream.inherit_lift``, None: off); keeps ``sev_groups_``, the
+        number of its evidence groups each link-kind mask spans, in step with it."""
+        name = self.signals_.stream.inherit_lift
+        if getattr(self, "ilift_", False) is False or (self.ilift_ and self.ilift_.name) != name:
+            self.ilift_ = next((x for x in self.signals_.lifts if x.name == name), None)
+            masks = np.arange(1 << len(KINDS))
+            self.sev_groups_ = np.zeros(len(masks), np.int64)
+            for m in (self.ilift_.group_masks(KINDS) if self.ilift_ else []):
+                self.sev_groups_ += (masks & m) != 0
+        return self.ilift_
+
+    def _seed_evidence(self, idx: np.ndarray, bits: np.ndarray) -> None:
+        """Add link-kind ``bits`` to the seed evidence of accounts ``idx`` (ties through rare
+        values to confident seeds); those that reach the online lift's ``min_groups`` and are
+        not flagged yet become due for rescoring at their next exchange."""
+        np.bitwise_or.at(self.sev_, idx, bits.astype(np.uint16))
+        idx = np.unique(idx)
+        hit = idx[(self.sev_groups_[self.sev_[idx]] >= self.ilift_.min_groups)
+                  & (self.verdict_[idx] != 2)]
+        if len(hit):
+            self._due_now(hit)
 
     def _due_now(self, idx) -> None:
         """Make accounts due for rescoring at their next exchange (group evidence changed)."""
@@ -914,6 +951,21 @@ class OnlineDetector:
         self.seed_[idx] = code == 2
         new_seeds = idx[(code == 2) & ~was]
         vindex, seed = self.vindex_, self.seed_
+        lift = self._lift_rule()
+        if lift is not None:
+            conf = (code == 2) & (score >= cfg.inherit_seed_min_score)
+            new_conf = idx[conf & ~self.conf_[idx]]
+            self.conf_[idx] = conf
+            self.conf_set_.difference_update(idx[~conf].tolist())
+            if len(new_conf):
+                self.conf_set_.update(new_conf.tolist())
+                partner, bits = self.pairs_.partners(new_conf)
+                if len(partner):
+                    self._seed_evidence(partner, bits)
+            lift_min = (cfg.inherit_lift_min_score if cfg.inherit_lift_min_score is not None
+                        else lift.min_score if lift.min_score is not None else 0.0)
+            lift_ok = ((self.sev_groups_[self.sev_[idx]] >= lift.min_groups)
+                       & (score >= lift_min)).tolist()
         for j, i in enumerate(idx.tolist()):
             if code[j] == 2:
                 continue
@@ -928,6 +980,8 @@ class OnlineDetector:
                                                 >= cfg.inherit_seed_min_score) \
                     >= cfg.inherit_payment:
                 why = "payment_shared_with_flagged"
+            elif lift is not None and lift_ok[j]:
+                why = lift.reason
             elif (cfg.inherit_linked and i in self.strong_
                   and int(seed[self.strong_[i]].sum()) >= cfg.inherit_linked):
                 if score[j] >= cfg.inherit_linked_min_score:
@@ -984,7 +1038,8 @@ class OnlineDetector:
         n = max(self.n_accounts_, 1)
         arrays = (list(self.c_.values()) + list(self.f_.values()) + list(self.meta_.values())
                   + [self.hour_, self.wday_, self.hll_, self.win_, self.task_, self.hh_id_,
-                     self.hh_cnt_, self.verdict_, self.seed_, self.parent_, self.gkinds_])
+                     self.hh_cnt_, self.verdict_, self.seed_, self.parent_, self.gkinds_,
+                     self.conf_, self.sev_])
         per_row = sum(a.nbytes // (a.shape[1] if a is self.hll_ else a.shape[0])
                       for a in arrays)
         ids = sum(len(s) + 49 for s in self.ids_) / n + 8 + 64   # str objects + dict slot
@@ -1005,6 +1060,8 @@ class OnlineDetector:
                 "win": self.win_[:n], "task": self.task_[:n], "hh_id": self.hh_id_[:n],
                 "hh_cnt": self.hh_cnt_[:n], "verdict": self.verdict_[:n], "seed": self.seed_[:n],
                 "parent": self.parent_[:n], "gkinds": self.gkinds_[:n],
+                "conf": self.conf_[:n], "sev": self.sev_[:n],
+                "pair_bits": np.array(["kinds"]),
                 "ids": np.array(self.ids_, dtype=str), "reasons": np.array(self.reasons_,
                                                                            dtype=str),
                 "tiers": np.array(self.tiers_, dtype=str),
@@ -1027,6 +1084,9 @@ class OnlineDetector:
             delattr(self, k)
         self._init()
         z = np.load(io.BytesIO(data), allow_pickle=False)
+        if "pair_bits" not in z:
+            raise ValueError("online state written by an older distillguard (link-family pair "
+                             "bits); it cannot be resumed: start from an empty checkpoint")
         n = len(z["ids"])
         self._grow(n)
         for k in self.c_:
@@ -1036,7 +1096,7 @@ class OnlineDetector:
         for k in self.meta_:
             self.meta_[k][:n] = z[f"m_{k}"]
         for name in ("hour", "wday", "win", "task", "hh_id", "hh_cnt", "verdict", "seed",
-                     "parent", "gkinds"):
+                     "parent", "gkinds", "conf", "sev"):
             getattr(self, name + "_")[:n] = z[name]
         self.hll_[:, :n] = z["hll"]
         self.ids_ = z["ids"].tolist()
@@ -1058,11 +1118,12 @@ class OnlineDetector:
                 self.vindex_[k] = flat[off:off + ln]
                 off += ln
         self.pairs_ = PairBits(z["p_keys"], z["p_vals"])
+        self.conf_set_ = set(np.flatnonzero(self.conf_[:n]).tolist())
         self.templates_ = {k: list(v) for k, v in zip(z["t_keys"].tolist(),
                                                       z["t_vals"].tolist())}
         self.strong_ = {}
         for pk, bits in self.pairs_.items():
-            if bin(bits).count("1") >= self.min_families_:
+            if self.fam_n_[bits] >= self.min_families_:
                 a, b = pk >> 32, pk & 0xFFFFFFFF
                 self.strong_.setdefault(a, []).append(b)
                 self.strong_.setdefault(b, []).append(a)
@@ -1074,11 +1135,12 @@ class OnlineDetector:
 
 
 class PairBits:
-    """Link-family bits of every linked account pair, keyed ``min << 32 | max``.
+    """Link-kind bits (``1 << KINDS.index(kind)``) of every linked account pair, keyed
+    ``min << 32 | max``.
 
     A dict costs ≈ 100 bytes a pair (a key object, a slot, spare room); pairs are the largest
     shared index (≈ 20 a account), so settled pairs live in two sorted numpy arrays (8-byte
-    key + 1 byte of bits) and only recently created ones in a dict, merged into the arrays
+    key + 2 bytes of bits) and only recently created ones in a dict, merged into the arrays
     when it holds more than 1/16 of them (at least ``MIN_RECENT``).
     """
 
@@ -1087,7 +1149,7 @@ class PairBits:
     def __init__(self, keys=None, bits=None) -> None:
         self.recent: dict[int, int] = {}
         self.keys = np.zeros(0, np.int64) if keys is None else np.asarray(keys, np.int64)
-        self.bits = np.zeros(0, np.uint8) if bits is None else np.asarray(bits, np.uint8)
+        self.bits = np.zeros(0, np.uint16) if bits is None else np.asarray(bits, np.uint16)
         if len(self.keys) > 1 and (np.diff(self.keys) <= 0).any():
             o = np.argsort(self.keys, kind="stable")
             self.keys, self.bits = self.keys[o], self.bits[o]
@@ -1108,7 +1170,7 @@ class PairBits:
             pos = np.minimum(self.keys.searchsorted(arr), len(self.keys) - 1)
             hit = self.keys[pos] == arr
             found = np.where(hit, self.bits[pos], 0).tolist()
-            self.bits[pos[hit]] |= np.uint8(bit)
+            self.bits[pos[hit]] |= np.uint16(bit)
             for j, h, o in zip(need, hit.tolist(), found):
                 olds[j] = o
                 if not h:
@@ -1123,7 +1185,7 @@ class PairBits:
 
     def _merge(self) -> None:
         k = np.fromiter(self.recent.keys(), np.int64, len(self.recent))
-        b = np.fromiter(self.recent.values(), np.uint8, len(self.recent))
+        b = np.fromiter(self.recent.values(), np.uint16, len(self.recent))
         o = np.argsort(k)
         k, b = k[o], b[o]
         pos = self.keys.searchsorted(k)
@@ -1141,6 +1203,16 @@ class PairBits:
 
     def nbytes(self) -> int:
         return self.keys.nbytes + self.bits.nbytes + len(self.recent) * 100
+
+    def partners(self, nodes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(partner, bits) of every pair with one end in ``nodes`` (one pass over all pairs)."""
+        k = np.concatenate([self.keys, np.fromiter(self.recent.keys(), np.int64,
+                                                   len(self.recent))])
+        b = np.concatenate([self.bits, np.fromiter(self.recent.values(), np.uint16,
+                                                   len(self.recent))])
+        lo, hi = k >> 32, k & 0xFFFFFFFF
+        m_lo, m_hi = np.isin(lo, nodes), np.isin(hi, nodes)
+        return np.concatenate([hi[m_lo], lo[m_hi]]), np.concatenate([b[m_lo], b[m_hi]])
 
 
 def _unique_pairs(a: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

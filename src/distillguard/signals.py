@@ -97,8 +97,9 @@ class StreamConfig:
     only with a score of at least ``inherit_seed_min_score``. 0 turns a rule off.
     ``inherit_lift`` names a lift of the ``lifts:`` list to apply online as soon as an
     account is scored: it inherits ``attack`` when its rare values tie it to such confident
-    seeds through at least the lift's ``min_groups`` evidence groups and its own score is at
-    least ``inherit_lift_min_score`` (None: the lift's own ``min_score``). ``attack_threshold`` (if set)
+    seeds through at least ``inherit_lift_min_groups`` (None: the lift's ``min_groups``)
+    of its evidence groups and its own score is at least ``inherit_lift_min_score`` (None: the
+    lift's own ``min_score``). ``attack_threshold`` (if set)
     replaces the scorer's attack threshold online: the online features (sketches, partial
     histories) score differently from batch ones, so the threshold is calibrated on online
     scores of fresh seeds by ``tools/fit_stream.py``.
@@ -116,6 +117,7 @@ class StreamConfig:
     inherit_linked_min_score: float = 0.5
     inherit_lift: str | None = None
     inherit_lift_min_score: float | None = None
+    inherit_lift_min_groups: int | None = None
 
     def __post_init__(self) -> None:
         if self.grace < 1 or self.min_exchanges_attack < 1:
@@ -135,6 +137,8 @@ class StreamConfig:
         if (self.inherit_lift_min_score is not None
                 and not 0.0 <= self.inherit_lift_min_score <= 1.0):
             raise TypeError("inherit_lift_min_score must be in 0..1")
+        if self.inherit_lift_min_groups is not None and self.inherit_lift_min_groups < 1:
+            raise TypeError("inherit_lift_min_groups must be >= 1")
 
 
 @dataclass(frozen=True)

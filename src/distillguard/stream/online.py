@@ -667,13 +667,17 @@ class OnlineDetector:
                 self.sev_groups_ += (masks & m) != 0
         return self.ilift_
 
+    def _lift_min_groups(self) -> int:
+        g = self.signals_.stream.inherit_lift_min_groups
+        return int(g if g is not None else self.ilift_.min_groups)
+
     def _seed_evidence(self, idx: np.ndarray, bits: np.ndarray) -> None:
         """Add link-kind ``bits`` to the seed evidence of accounts ``idx`` (ties through rare
         values to confident seeds); those that reach the online lift's ``min_groups`` and are
         not flagged yet become due for rescoring at their next exchange."""
         np.bitwise_or.at(self.sev_, idx, bits.astype(np.uint16))
         idx = np.unique(idx)
-        hit = idx[(self.sev_groups_[self.sev_[idx]] >= self.ilift_.min_groups)
+        hit = idx[(self.sev_groups_[self.sev_[idx]] >= self._lift_min_groups())
                   & (self.verdict_[idx] != 2)]
         if len(hit):
             self._due_now(hit)
@@ -964,7 +968,7 @@ class OnlineDetector:
                     self._seed_evidence(partner, bits)
             lift_min = (cfg.inherit_lift_min_score if cfg.inherit_lift_min_score is not None
                         else lift.min_score if lift.min_score is not None else 0.0)
-            lift_ok = ((self.sev_groups_[self.sev_[idx]] >= lift.min_groups)
+            lift_ok = ((self.sev_groups_[self.sev_[idx]] >= self._lift_min_groups())
                        & (score >= lift_min)).tolist()
         for j, i in enumerate(idx.tolist()):
             if code[j] == 2:

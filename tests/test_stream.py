@@ -345,3 +345,51 @@ def test_a_weak_seed_does_not_pass_its_flag_through_a_shared_card(sim, log_frame
         det.score_many(det.learn_many(first))
         got[bar] = det.state_of("newcomer")["verdict"]
     assert got[0.0] == "attack" and got[1.0] != "attack"
+
+
+def test_newcomer_tied_to_a_confident_seed_through_enough_evidence_inherits(sim, log_frames,
+                                                                            learned):
+    """The online lift (`stream.inherit_lift`): a newcomer on its own card whose first
+    exchange shares rare values with a confident seed (same proxy exit, client, sign-up hour
+    and e-mail domain, same prompt) through at least the lift's number of evidence groups is
+    `attack` at its first exchange with the lift's reason; with the rule off it is not, and a
+    newcomer with nothing in common is not either."""
+    import dataclasses
+
+    ev, acc, rel = log_frames
+    n = learned.n_accounts_
+    conf = np.flatnonzero(learned.conf_[:n])
+    assert len(conf), "no confident seed in the log"
+    seed_id = learned.ids_[int(conf[0])]
+    src = acc.filter(pl.col("account_id") == seed_id)
+    last = ev.filter(pl.col("account_id") == seed_id).tail(1)
+    labels = pl.read_csv(sim / "labels.csv")
+    benign = labels.filter(pl.col("label") == "benign")["account_id"].to_list()
+    other = ev.filter(pl.col("account_id").is_in(benign)).head(1)
+    t_next = ev["ts"].max() + pl.duration(minutes=1)
+    newcomers = pl.concat([
+        src.with_columns(account_id=pl.lit("copycat"), payment_fingerprint=pl.lit("own-card")),
+        acc.filter(pl.col("account_id") == other["account_id"][0]).with_columns(
+            account_id=pl.lit("stranger"))])
+    verdicts = {}
+    for rule in (STREAM.inherit_lift, None):
+        det = _learn(ev, pl.concat([acc, newcomers]), rel)
+        det.signals_ = dataclasses.replace(det.signals_, stream=dataclasses.replace(
+            det.signals_.stream, inherit_lift=rule, inherit_lift_min_score=0.0))
+        first = pl.concat([last.with_columns(account_id=pl.lit("copycat"), ts=t_next),
+                           other.with_columns(account_id=pl.lit("stranger"), ts=t_next,
+                                              ip=pl.lit("203.0.113.77"))])
+        due = det.learn_many(first)
+        x = det.index_["copycat"]
+        if rule is not None:
+            groups = int(det.sev_groups_[det.sev_[x]])
+            assert groups >= det._lift_min_groups()
+            assert x in due             # made due at once: grace does not hold it back
+        det.score_many(due)
+        verdicts[rule] = (det.state_of("copycat"), det.score_one("stranger"))
+    cat, stranger = verdicts[STREAM.inherit_lift]
+    assert cat["exchanges_seen"] == 1 and cat["verdict"] == "attack"
+    reason = next(x.reason for x in load_signals().lifts if x.name == STREAM.inherit_lift)
+    assert cat["reasons"].split(";")[0] == reason
+    assert stranger["verdict"] != "attack"
+    assert verdicts[None][0]["verdict"] != "attack"

@@ -393,3 +393,21 @@ def test_newcomer_tied_to_a_confident_seed_through_enough_evidence_inherits(sim,
     assert cat["reasons"].split(";")[0] == reason
     assert stranger["verdict"] != "attack"
     assert verdicts[None][0]["verdict"] != "attack"
+
+
+def test_state_of_an_older_version_is_refused_clearly(log_frames, learned):
+    """A checkpoint from before the pair map kept link kinds cannot be resumed: a clear
+    ConfigError (exit 2 in the CLI), not wrong inheritance from misread bits."""
+    import io
+
+    from distillguard.errors import ConfigError
+
+    _, acc, rel = log_frames
+    z = dict(np.load(io.BytesIO(learned.to_bytes()), allow_pickle=False))
+    OnlineDetector(accounts=acc, releases=rel).load_bytes(learned.to_bytes())   # current: ok
+    for k in ("pair_bits", "conf", "sev"):
+        z.pop(k)
+    buf = io.BytesIO()
+    np.savez(buf, **z)
+    with pytest.raises(ConfigError, match="older distillguard"):
+        OnlineDetector(accounts=acc, releases=rel).load_bytes(buf.getvalue())

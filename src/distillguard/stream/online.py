@@ -1089,8 +1089,10 @@ class OnlineDetector:
         self._init()
         z = np.load(io.BytesIO(data), allow_pickle=False)
         if "pair_bits" not in z:
-            raise ValueError("online state written by an older distillguard (link-family pair "
-                             "bits); it cannot be resumed: start from an empty checkpoint")
+            from ..errors import ConfigError
+            raise ConfigError("checkpoint: online state written by an older distillguard "
+                              "(pair bits by link family, no seed evidence); it cannot be "
+                              "resumed: remove the checkpoint file and replay from the start")
         n = len(z["ids"])
         self._grow(n)
         for k in self.c_:

@@ -658,13 +658,19 @@ class OnlineDetector:
     def _lift_rule(self):
         """The online lift (``stream.inherit_lift``, None: off); keeps ``sev_groups_``, the
         number of its evidence groups each link-kind mask spans, in step with it."""
-        name = self.signals_.stream.inherit_lift
-        if getattr(self, "ilift_", False) is False or (self.ilift_ and self.ilift_.name) != name:
+        cfg = self.signals_.stream
+        key = (cfg.inherit_lift, cfg.inherit_lift_require)
+        if getattr(self, "ilift_key_", None) != key:
+            self.ilift_key_ = key
+            name = cfg.inherit_lift
             self.ilift_ = next((x for x in self.signals_.lifts if x.name == name), None)
             masks = np.arange(1 << len(KINDS))
             self.sev_groups_ = np.zeros(len(masks), np.int64)
             for m in (self.ilift_.group_masks(KINDS) if self.ilift_ else []):
                 self.sev_groups_ += (masks & m) != 0
+            need = sum(1 << KINDS.index(k) for k in cfg.inherit_lift_require if k in KINDS)
+            if need:                    # evidence without a required kind counts no group
+                self.sev_groups_[(masks & need) == 0] = 0
         return self.ilift_
 
     def _lift_min_groups(self) -> int:
@@ -934,10 +940,13 @@ class OnlineDetector:
         An account is a *seed* while its own score says ``attack`` with at least
         ``min_exchanges_attack`` exchanges (fewer: ``suspicious``), and below
         ``early_exchanges`` exchanges a score of at least ``early_attack_threshold``. A non-seed is ``attack``
-        when ``inherit_payment`` seeds share its payment instrument, or ``inherit_linked``
-        seeds are directly linked to it and its own score reaches
-        ``inherit_linked_min_score``. New seeds make their payment mates and direct links due
-        for rescoring at their next exchange.
+        when ``inherit_payment`` seeds share its payment instrument, or its rare values tie it
+        to confident seeds (score >= ``inherit_seed_min_score``) through enough evidence
+        groups of the online lift (``inherit_lift``) and its own score reaches
+        ``inherit_lift_min_score``, or ``inherit_linked`` seeds are directly linked to it and
+        its own score reaches ``inherit_linked_min_score``. New seeds make their payment mates
+        and direct links due for rescoring at their next exchange; new confident seeds pass
+        their ties (``sev_``) to all their pair partners.
 
         Also returns, per account, an earlier next rescoring point than the growth schedule
         (0: none): ``min_exchanges_attack`` for one held back by the minimum, the next

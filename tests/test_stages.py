@@ -247,6 +247,20 @@ def test_lift_config_errors_name_the_file_and_line(tmp_path, rule, message):
         load_signals(bad)
 
 
+@pytest.mark.parametrize("stream, message", [
+    ("  inherit_lift: nope\n", r"inherit_lift 'nope' is not the name of a lift"),
+    ("  inherit_lift: a\n  inherit_lift_require: [ipp]\n",
+     r"inherit_lift_require: unknown link kind\(s\) \['ipp'\]"),
+])
+def test_stream_lift_config_errors_name_the_file_and_line(tmp_path, stream, message):
+    bad = tmp_path / "s.yaml"
+    bad.write_text("version: 1\nthresholds: {attack: 0.8, suspicious: 0.5}\n"
+                   "link: {kind_weights: {ip: 1.0}}\nlifts:\n  - name: a\n"
+                   "    groups: [[ip]]\n    reason: r\nstream:\n" + stream)
+    with pytest.raises(ConfigError, match=r"s.yaml:\d+: stream: " + message):
+        load_signals(bad)
+
+
 def test_shipped_lifts():
     assert [lf.name for lf in load_signals().lifts] == ["solo_rare_ip", "multi_evidence"]
 

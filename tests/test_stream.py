@@ -411,3 +411,28 @@ def test_state_of_an_older_version_is_refused_clearly(log_frames, learned):
     np.savez(buf, **z)
     with pytest.raises(ConfigError, match="older distillguard"):
         OnlineDetector(accounts=acc, releases=rel).load_bytes(buf.getvalue())
+
+
+def test_online_lift_can_require_an_address_or_client_tie(learned):
+    """`stream.inherit_lift_require`: ties through content alone (a popular template and tool
+    schema, as benign developers share with campaigns) count no evidence group when an
+    address or client-stack tie is required; with one of those they count as usual."""
+    import dataclasses
+
+    from distillguard.stream.online import KINDS
+
+    def bit(*kinds):
+        return sum(1 << KINDS.index(k) for k in kinds)
+
+    det = learned
+    saved = det.signals_
+    try:
+        for require, content_only, with_ip in (((), 2, 3), (("ip", "ip_prefix", "client"), 0, 3)):
+            det.signals_ = dataclasses.replace(saved, stream=dataclasses.replace(
+                saved.stream, inherit_lift="multi_evidence", inherit_lift_require=require))
+            det._lift_rule()
+            assert det.sev_groups_[bit("template", "tool_schema")] == content_only
+            assert det.sev_groups_[bit("template", "tool_schema", "ip")] == with_ip
+    finally:
+        det.signals_ = saved
+        det._lift_rule()

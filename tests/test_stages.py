@@ -230,6 +230,10 @@ def test_multi_evidence_lift_counts_independent_kinds_of_ties_to_attack_accounts
     assert apply_lifts(scorer, scored, feats, rare, (two,)).verdict[1] == "attack"
     few = Lift(**{**lift.__dict__, "min_groups": 2, "max_holders": 1})
     assert list(apply_lifts(scorer, scored, feats, rare, (few,)).verdict) == list(verdict)
+    # require: a tie of a required kind must be among them — x has a template tie, y not
+    tmpl = Lift(**{**lift.__dict__, "min_groups": 2, "require": ("template",)})
+    got = apply_lifts(scorer, scored, feats, rare, (tmpl,)).verdict
+    assert got[0] == "attack" and got[1] == "suspicious"
 
 
 @pytest.mark.parametrize("rule, message", [

@@ -305,12 +305,14 @@ def rare_values(inc: pl.DataFrame, kinds: tuple[str, ...] | list[str],
 
 def peers_among(rare: pl.DataFrame, accounts: pl.Series | list[str],
                 among: pl.Series | list[str], groups: tuple[tuple[str, ...], ...] | None = None,
-                max_holders: int | None = None) -> pl.DataFrame:
+                max_holders: int | None = None, require: tuple[str, ...] = ()) -> pl.DataFrame:
     """For each of ``accounts``: the other accounts of ``among`` it shares a rare value with.
 
     Returns ``account_id, peers`` (distinct such accounts) and ``groups`` (how many of
     ``groups`` — lists of kinds — the shared values come from; default: each kind its own
     group) for the accounts with at least one such peer. ``max_holders`` narrows ``rare``.
+    With ``require`` (link kinds), ``groups`` counts 0 for an account none of whose shared
+    values is of those kinds.
     """
     if max_holders is not None and "holders" in rare.columns:
         rare = rare.filter(pl.col("holders") <= max_holders)
@@ -327,5 +329,7 @@ def peers_among(rare: pl.DataFrame, accounts: pl.Series | list[str],
              .select("kind", "value", peer="account_id"))
     return (left.join(right, on=["kind", "value"])
             .filter(pl.col("account_id") != pl.col("peer"))
-            .group_by("account_id").agg(peers=pl.col("peer").n_unique(),
-                                        groups=pl.col("group").n_unique()))
+            .group_by("account_id").agg(
+                peers=pl.col("peer").n_unique(),
+                groups=pl.col("group").n_unique()
+                * (pl.col("kind").is_in(list(require)).any() if require else pl.lit(True))))

@@ -315,7 +315,7 @@ def apply_lifts(scorer: Scorer, scored: ScoredAccounts, features: pl.DataFrame,
         flagged = ids.filter(pl.Series(np.isin(verdict, list(lift.flagged))))
         # peers_among keeps only the kinds of lift.groups
         peers = peers_among(rare, ids.filter(pl.Series(cand)), flagged, groups=lift.groups,
-                            max_holders=lift.max_holders)
+                            max_holders=lift.max_holders, require=lift.require)
         lifted = peers.filter((pl.col("peers") >= lift.min_flagged_peers)
                               & (pl.col("groups") >= lift.min_groups))["account_id"]
         mask = ids.is_in(lifted.implode()).to_numpy() & cand

@@ -52,7 +52,8 @@ class Lift:
     ``attack`` when it shares *rare* values (held by 2..``max_holders`` accounts) with
     accounts whose verdict is in ``flagged``, in at least ``min_groups`` of the evidence
     ``groups`` (each a list of link kinds that say the same thing: a shared IP implies a
-    shared /24), and with at least ``min_flagged_peers`` such accounts in all. Its reasons
+    shared /24), one of them of a kind in ``require`` (if given), and with at least
+    ``min_flagged_peers`` such accounts in all. Its reasons
     then start with ``reason``; its score does not change. Lifts run in file order, each on
     the verdicts the previous ones left.
     """
@@ -67,6 +68,8 @@ class Lift:
     max_holders: int = 30
     min_flagged_peers: int = 1
     flagged: tuple[str, ...] = ("attack",)
+    #: link kinds of which at least one must be among the shared values (empty: none)
+    require: tuple[str, ...] = ()
     #: what ``reason`` means, for the report's glossary
     description: str = ""
 
@@ -292,7 +295,7 @@ def _lifts(raw: list, link: LinkConfig, name: str) -> tuple[Lift, ...]:
                                           for k, v in vals.items()})
         except (KeyError, TypeError) as err:
             raise ConfigError(f"{where}: needs name, groups and reason ({err})") from None
-        bad = [k for k in lift.kinds if k not in link.kind_weights]
+        bad = [k for k in lift.kinds + lift.require if k not in link.kind_weights]
         if (bad or not lift.groups or not 1 <= lift.min_groups <= len(lift.groups)
                 or lift.min_flagged_peers < 1 or lift.max_holders < 2):
             raise ConfigError(f"{where}: groups must be lists of link kinds (unknown: {bad}), "

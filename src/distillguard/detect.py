@@ -111,8 +111,12 @@ def build_features(log: Log, signals: SignalSet, *, max_prompts: int = 64, seed:
     with stage("fingerprint", "per-account behavioural features"):
         feats = account_features(log.parts, log.accounts, log.releases)
     with stage("content", f"classifying and template-mining ≤ {max_prompts} prompts/account"):
-        hashed = sample_prompts(log.new_parts, max_prompts=max_prompts, seed=seed,
-                                keep_hash=True, hashed=log.sample_seed == seed)
+        if (log.sample is not None and log.sample_seed == seed
+                and log.sample_max == max_prompts):
+            hashed = log.sample  # drawn while reading (read_log(sample_seed=))
+        else:
+            hashed = sample_prompts(log.new_parts, max_prompts=max_prompts, seed=seed,
+                                    keep_hash=True)
         if prior_sample is not None:
             hashed = merge_samples(prior_sample, hashed, max_prompts=max_prompts)
         sample = hashed.drop("_h")
@@ -234,7 +238,7 @@ def detect(paths: list, *, accounts=None, releases=None, out: Path, skip_invalid
         log = read_log(paths, accounts=accounts, releases=releases, skip_invalid=skip_invalid,
                        progress=progress, format=format, account_from=account_from,
                        ts_from=ts_from, partitions=partitions, history=history,
-                       sample_seed=seed)
+                       sample_seed=seed, sample_max=max_prompts)
     with log:
         f = build_features(log, signals, max_prompts=max_prompts, seed=seed, profiler=prof,
                            progress=progress,

@@ -129,7 +129,8 @@ def build_features(log: Log, signals: SignalSet, *, max_prompts: int = 64, seed:
         inc = incidences(log.parts, seen, sample.select("account_id", "ts", "template_id"),
                          cfg)
         prof.note(f"{inc.height:,} incidences")
-        edges = edges_from_incidences(inc, feats.height, cfg)
+        edges = edges_from_incidences(inc, feats.height, cfg, note=prof.note)
+        prof.note(f"{edges.height:,} edges")
         lifts = signals.lifts
         rare = (rare_values(inc, sorted({k for lf in lifts for k in lf.kinds}),
                             max(lf.max_holders for lf in lifts)) if lifts else None)
@@ -139,6 +140,7 @@ def build_features(log: Log, signals: SignalSet, *, max_prompts: int = 64, seed:
                                      resolution=float(cl.get("resolution", 1.0)),
                                      objective=str(cl.get("objective", "modularity")),
                                      seed=seed)
+        prof.note(f"Leiden: {membership['cluster_id'].n_unique():,} clusters")
         if cl.get("merge"):
             membership = merge_clusters(membership, inc, kinds=list(cl["merge"]["kinds"]),
                                         min_jaccard=float(cl["merge"]["min_jaccard"]),

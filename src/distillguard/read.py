@@ -1267,6 +1267,9 @@ class _BottomK:
     beside the normalisation on the main thread and the cache writer.
     """
 
+    #: events held before the first prune (later: twice what the last prune kept)
+    min_prune = 500_000
+
     def __init__(self, k: int, columns: list) -> None:
         self.k = max(1, int(k))
         self.columns = columns  # expressions giving SAMPLE_COLUMNS and ``_h``
@@ -1297,7 +1300,7 @@ class _BottomK:
         self.frames.append(frame.with_columns(pl.col(c).cast(pl.Categorical)
                                               for c in _SAMPLE_TEXT))
         self.rows += len(frame)
-        if self.rows > max(2 * self.kept, 500_000):
+        if self.rows > max(2 * self.kept, self.min_prune):
             self._prune()
 
     def _prune(self) -> None:

@@ -510,3 +510,18 @@ def test_sample_drawn_while_reading_equals_the_two_pass_sample(tmp_path, monkeyp
         cache = drawn.events.collect()
         assert len(cache) == len(recs) and cache["prompt"].null_count() == len(recs)
         assert cache["system_hash"].null_count() < len(recs)
+
+
+def test_features_refuse_a_read_time_sample_of_other_settings(tmp_path):
+    """The cache of a log read with sample_seed holds no prompt text, so features with
+    another seed or cap cannot resample it: a clear error, not empty prompts."""
+    from distillguard.detect import build_features
+    from distillguard.signals import load_signals
+
+    recs = [{"ts": 1_700_000_000 + i, "account_id": f"acct_{i % 5}", "prompt": f"p{i}"}
+            for i in range(40)]
+    p = tmp_path / "log.jsonl"
+    p.write_bytes(b"\n".join(orjson.dumps(r) for r in recs) + b"\n")
+    with read_log(p, sample_seed=0, sample_max=8) as log:
+        with pytest.raises(ValueError, match="sample_seed=1, sample_max=8"):
+            build_features(log, load_signals(None), max_prompts=8, seed=1)

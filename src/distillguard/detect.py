@@ -111,9 +111,13 @@ def build_features(log: Log, signals: SignalSet, *, max_prompts: int = 64, seed:
     with stage("fingerprint", "per-account behavioural features"):
         feats = account_features(log.parts, log.accounts, log.releases)
     with stage("content", f"classifying and template-mining ≤ {max_prompts} prompts/account"):
-        if (log.sample is not None and log.sample_seed == seed
-                and log.sample_max == max_prompts):
-            hashed = log.sample  # drawn while reading (read_log(sample_seed=))
+        if log.sample is not None:  # drawn while reading: the cache holds no prompt text
+            if (log.sample_seed, log.sample_max) != (seed, max_prompts):
+                raise ValueError(
+                    f"the log's prompt sample was drawn while reading with seed="
+                    f"{log.sample_seed}, max_prompts={log.sample_max}; read it with "
+                    f"sample_seed={seed}, sample_max={max_prompts} for these features")
+            hashed = log.sample
         else:
             hashed = sample_prompts(log.new_parts, max_prompts=max_prompts, seed=seed,
                                     keep_hash=True)

@@ -474,3 +474,54 @@ def test_auto_partitions_from_parquet_footers_and_jsonl_size(tmp_path):
     assert auto_partitions(d, per_partition=10) == 1
     (d / "b.jsonl").write_text("x" * 5000)               # ~1 KB per record: 5 more
     assert auto_partitions(d, per_partition=5) == 3
+
+
+@pytest.mark.parametrize("min_prune", [10, 500_000])
+def test_sample_drawn_while_reading_equals_the_two_pass_sample(tmp_path, monkeypatch, min_prune):
+    """read_log(sample_seed=) keeps, per account, the rows sample_prompts picks from the cache
+    (smallest hash first, ties in input order), with the pruning and cut-offs exercised over
+    many small batches; its cache then holds no prompt text."""
+    from distillguard import read as R
+    from distillguard.content_signals import sample_prompts
+
+    monkeypatch.setattr(R._BottomK, "min_prune", min_prune)
+    recs = []
+    for i in range(900):
+        acct = f"acct_{i % 11}" if i % 3 else f"heavy_{i % 2}"  # two accounts far above k
+        rec = {"ts": 1_700_000_000 + i // 4, "account_id": acct,
+               "prompt": f"task {i % 37} " + "x" * (i % 90),
+               "system": None if i % 5 else f"sys {i % 3}",
+               "tools": [{"name": f"t{i % 4}"}] if i % 7 == 0 else None}
+        recs.append(rec)
+        if i % 50 == 0:
+            recs.append(dict(rec))  # an exact replay: same hash, kept in input order
+    p = tmp_path / "log.jsonl"
+    p.write_bytes(b"\n".join(orjson.dumps(r) for r in recs) + b"\n")
+    k = 9
+    with read_log(p, batch_rows=37) as plain, \
+            read_log(p, batch_rows=37, sample_seed=3, sample_max=k, partitions=2) as drawn:
+        want = sample_prompts(plain.parts, max_prompts=k, seed=3, keep_hash=True)
+        got = drawn.sample
+        assert got.columns == want.columns
+        as_text = [pl.col("prompt").cast(pl.String), pl.col("system").cast(pl.String)]
+        assert got.with_columns(as_text).equals(want.with_columns(as_text))
+        assert got.group_by("account_id").len()["len"].max() == k
+        assert len(got) < len(recs)
+        cache = drawn.events.collect()
+        assert len(cache) == len(recs) and cache["prompt"].null_count() == len(recs)
+        assert cache["system_hash"].null_count() < len(recs)
+
+
+def test_features_refuse_a_read_time_sample_of_other_settings(tmp_path):
+    """The cache of a log read with sample_seed holds no prompt text, so features with
+    another seed or cap cannot resample it: a clear error, not empty prompts."""
+    from distillguard.detect import build_features
+    from distillguard.signals import load_signals
+
+    recs = [{"ts": 1_700_000_000 + i, "account_id": f"acct_{i % 5}", "prompt": f"p{i}"}
+            for i in range(40)]
+    p = tmp_path / "log.jsonl"
+    p.write_bytes(b"\n".join(orjson.dumps(r) for r in recs) + b"\n")
+    with read_log(p, sample_seed=0, sample_max=8) as log:
+        with pytest.raises(ValueError, match="sample_seed=1, sample_max=8"):
+            build_features(log, load_signals(None), max_prompts=8, seed=1)

@@ -23,25 +23,22 @@ import numpy as np
 import polars as pl
 
 from .content import account_template_stats, load_default, mine_templates, predict_tasks
-from .read import sample_hash
+from .read import SAMPLE_COLUMNS, sample_hash
 from .schema import TASKS
 
 VALUABLE_TASKS = ("coding", "agentic_coding", "tool_use", "reasoning", "data_analysis",
                   "grading", "sensitive_rewrite", "cot_elicitation")
-SAMPLE_COLUMNS = ("account_id", "ts", "prompt", "system", "tool_names", "model", "system_hash",
-                  "tools_hash")
 
 
 def sample_prompts(events: pl.LazyFrame | list[pl.LazyFrame], *, max_prompts: int = 200,
-                   seed: int = 0, keep_hash: bool = False, hashed: bool = False
-                   ) -> pl.DataFrame:
+                   seed: int = 0, keep_hash: bool = False) -> pl.DataFrame:
     """At most ``max_prompts`` events per account, chosen by a seeded hash (deterministic).
 
     Two streaming passes keep memory at a few bytes per event: the first reads only the
-    account id and the hash key (the prompt's first 64 characters; with ``hashed`` the
-    events carry the hash of this seed as ``_h``, :func:`distillguard.read.sample_hash`, and
-    no text is read) and ranks each account's rows by hash; the second reads the text
-    columns of the kept rows only. ``prompt`` and
+    account id and the hash key (:func:`distillguard.read.sample_hash`: the prompt's first
+    64 characters) and ranks each account's rows by hash; the second reads the text
+    columns of the kept rows only. (``detect`` draws the same sample while reading the log
+    instead, ``read_log(sample_seed=)``, and its cache holds no text.) ``prompt`` and
     ``system`` come back as ``Categorical``: samples repeat prompts (replays, templates)
     many times over, so each distinct text is held once. ``events`` may be a list of
     account partitions (``Log.parts``), sampled one at a time. ``keep_hash`` keeps the
@@ -50,10 +47,10 @@ def sample_prompts(events: pl.LazyFrame | list[pl.LazyFrame], *, max_prompts: in
     if isinstance(events, list):
         if len(events) > 1:
             return _sorted(pl.concat([sample_prompts(e, max_prompts=max_prompts, seed=seed,
-                                                     keep_hash=keep_hash, hashed=hashed)
+                                                     keep_hash=keep_hash)
                                       for e in events]))
         events = events[0]
-    h = pl.col("_h") if hashed else sample_hash(seed)
+    h = sample_hash(seed)
     keys = (events.with_row_index("_r").select("_r", "account_id", _h=h)
             .collect(engine="streaming"))
     keep = keys.filter(pl.col("_h").rank("ordinal").over("account_id") <= max_prompts)

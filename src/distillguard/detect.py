@@ -111,8 +111,16 @@ def build_features(log: Log, signals: SignalSet, *, max_prompts: int = 64, seed:
     with stage("fingerprint", "per-account behavioural features"):
         feats = account_features(log.parts, log.accounts, log.releases)
     with stage("content", f"classifying and template-mining ≤ {max_prompts} prompts/account"):
-        hashed = sample_prompts(log.new_parts, max_prompts=max_prompts, seed=seed,
-                                keep_hash=True, hashed=log.sample_seed == seed)
+        if log.sample is not None:  # drawn while reading: the cache holds no prompt text
+            if (log.sample_seed, log.sample_max) != (seed, max_prompts):
+                raise ValueError(
+                    f"the log's prompt sample was drawn while reading with seed="
+                    f"{log.sample_seed}, max_prompts={log.sample_max}; read it with "
+                    f"sample_seed={seed}, sample_max={max_prompts} for these features")
+            hashed = log.sample
+        else:
+            hashed = sample_prompts(log.new_parts, max_prompts=max_prompts, seed=seed,
+                                    keep_hash=True)
         if prior_sample is not None:
             hashed = merge_samples(prior_sample, hashed, max_prompts=max_prompts)
         sample = hashed.drop("_h")
@@ -125,7 +133,8 @@ def build_features(log: Log, signals: SignalSet, *, max_prompts: int = 64, seed:
         inc = incidences(log.parts, seen, sample.select("account_id", "ts", "template_id"),
                          cfg)
         prof.note(f"{inc.height:,} incidences")
-        edges = edges_from_incidences(inc, feats.height, cfg)
+        edges = edges_from_incidences(inc, feats.height, cfg, note=prof.note)
+        prof.note(f"{edges.height:,} edges")
         lifts = signals.lifts
         rare = (rare_values(inc, sorted({k for lf in lifts for k in lf.kinds}),
                             max(lf.max_holders for lf in lifts)) if lifts else None)
@@ -135,6 +144,7 @@ def build_features(log: Log, signals: SignalSet, *, max_prompts: int = 64, seed:
                                      resolution=float(cl.get("resolution", 1.0)),
                                      objective=str(cl.get("objective", "modularity")),
                                      seed=seed)
+        prof.note(f"Leiden: {membership['cluster_id'].n_unique():,} clusters")
         if cl.get("merge"):
             membership = merge_clusters(membership, inc, kinds=list(cl["merge"]["kinds"]),
                                         min_jaccard=float(cl["merge"]["min_jaccard"]),
@@ -234,7 +244,7 @@ def detect(paths: list, *, accounts=None, releases=None, out: Path, skip_invalid
         log = read_log(paths, accounts=accounts, releases=releases, skip_invalid=skip_invalid,
                        progress=progress, format=format, account_from=account_from,
                        ts_from=ts_from, partitions=partitions, history=history,
-                       sample_seed=seed)
+                       sample_seed=seed, sample_max=max_prompts)
     with log:
         f = build_features(log, signals, max_prompts=max_prompts, seed=seed, profiler=prof,
                            progress=progress,

@@ -117,13 +117,15 @@ def incidences(events: pl.LazyFrame | list[pl.LazyFrame], accounts: pl.DataFrame
         engine="streaming")
 
 
-def edges_from_incidences(inc: pl.DataFrame, n_accounts: int, cfg: LinkConfig) -> pl.DataFrame:
+def edges_from_incidences(inc: pl.DataFrame, n_accounts: int, cfg: LinkConfig,
+                          note=None) -> pl.DataFrame:
     """Account–account edges from shared values, linear in the number of incidences.
 
     Works on integer codes (accounts numbered in sorted-id order, members grouped by an
     integer sort on (kind, value hash), pair rows generated with numpy rank arithmetic and
     reduced by a sort and segment sums, kinds carried as a bit mask), because string-keyed
-    pair rows cost ~1 KB each and took > 11 GiB at 4M exchanges.
+    pair rows cost ~1 KB each and took > 11 GiB at 4M exchanges. ``note``: optional callable
+    given the number of pair rows (the stage's work: linear in them).
     """
     schema = {"src": pl.String, "dst": pl.String, "weight": pl.Float64,
               "n_kinds": pl.UInt32, "kinds": pl.List(pl.String)}
@@ -183,6 +185,8 @@ def edges_from_incidences(inc: pl.DataFrame, n_accounts: int, cfg: LinkConfig) -
     # not by the log
     n_pairs = int(span.sum())
     n_buckets = max(1, math.ceil(n_pairs / PAIR_CHUNK))
+    if note is not None:
+        note(f"{n_pairs:,} pair rows from {n:,} group members ({n_buckets} bucket(s))")
     ends = np.flatnonzero(np.r_[gid[1:] != gid[:-1], True]) + 1  # group ends
     cuts = [0]
     if n_buckets > 1:

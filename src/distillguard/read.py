@@ -34,6 +34,7 @@ Derivations (documented here once, used by every container):
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import io
@@ -539,24 +540,36 @@ _V4_RE = rf"^{_OCTET}\.{_OCTET}\.{_OCTET}\.{_OCTET}$"
 
 
 def _ip_prefix_col(s: pl.Series) -> pl.Series:
-    """ip_prefix: canonical dotted IPv4 vectorised; anything else via ``ipaddress`` on the
-    unique remaining values."""
-    is4 = s.str.contains(_V4_RE).fill_null(False)
-    v4 = s.str.extract(r"^(\d+\.\d+\.\d+)\.", 1) + ".0/24"
-    other = pl.select(pl.when(~is4).then(s)).to_series()
+    """ip_prefix of the unique addresses (they repeat), mapped back: canonical dotted IPv4
+    vectorised; anything else via ``ipaddress``."""
+    u = s.drop_nulls().unique()
+    if len(u) == 0:
+        return _nulls("ip_prefix", len(s), pl.String)
+    is4 = u.str.contains(_V4_RE)
+    v4 = u.str.extract(r"^(\d+\.\d+\.\d+)\.", 1) + ".0/24"
+    other = pl.select(pl.when(~is4).then(u)).to_series()
     rest = _map_unique(other, _ip_prefix, pl.String)
-    return pl.select(pl.when(is4).then(v4).otherwise(rest)).to_series().alias("ip_prefix")
+    pref = pl.select(pl.when(is4).then(v4).otherwise(rest)).to_series()
+    return s.replace_strict(u, pref, default=None, return_dtype=pl.String).alias("ip_prefix")
+
+
+def _tools_hash(names: list[str]) -> int | None:
+    """``tools_hash`` of a sorted tool-name list (None when empty)."""
+    return stable_hash64("\x1f".join(names)) if names else None
 
 
 def _finish(df: pl.DataFrame) -> pl.DataFrame:
-    """Add hashes and ip_prefix, and order/cast columns: EVENT_SCHEMA, account fields, flags."""
-    tool_key = (pl.when(pl.col("tool_names").list.len() > 0)
-                .then(pl.col("tool_names").list.join("\x1f")))
+    """Add hashes and ip_prefix, and order/cast columns: EVENT_SCHEMA, account fields, flags.
+
+    ``tools_hash`` is computed from ``tool_names`` unless ``df`` has it already."""
     df = df.with_columns(tool_names=pl.col("tool_names").fill_null([]))
-    keys = df.select(tool_key.alias("k"))["k"]
+    if "tools_hash" not in df.columns:
+        tool_key = (pl.when(pl.col("tool_names").list.len() > 0)
+                    .then(pl.col("tool_names").list.join("\x1f")))
+        keys = df.select(tool_key.alias("k"))["k"]
+        df = df.with_columns(tools_hash=_map_unique(keys, stable_hash64, pl.UInt64))
     df = df.with_columns(
         system_hash=_map_unique(df["system"], stable_hash64, pl.UInt64),
-        tools_hash=_map_unique(keys, stable_hash64, pl.UInt64),
         ip_prefix=_ip_prefix_col(df["ip"]),
     )
     return conform(df, {**EVENT_SCHEMA, **ACCOUNT_SCHEMA, **{c: pl.Boolean for c in _FLAG_COLS}})
@@ -830,11 +843,17 @@ def _vec_messages(msgs: pl.Series) -> pl.DataFrame:
     m_prompt = content.gather(pl.select(pl.when(idx >= 0).then(idx)).to_series())
     sys_c = is_sys & has_c
     m_sys_n = count(sys_c)
-    if m_sys_n.any():
+    if (m_sys_n > 1).any():  # several system messages in a row: join their texts
         js = (pl.DataFrame({"r": row[sys_c], "c": content.filter(pl.Series(sys_c))})
               .group_by("r", maintain_order=True).agg(pl.col("c").str.join("\n")))
         m_sys = (pl.DataFrame({"r": np.arange(n, dtype=np.int64)})
                  .join(js, on="r", how="left", maintain_order="left")["c"])
+    elif m_sys_n.any():  # at most one per row (the usual case): gather it
+        last_sys = np.full(n, -1, dtype=np.int64)
+        isy = np.flatnonzero(sys_c)
+        last_sys[row[isy]] = isy
+        idx_sys = pl.Series(last_sys)
+        m_sys = content.gather(pl.select(pl.when(idx_sys >= 0).then(idx_sys)).to_series())
     else:
         m_sys = pl.repeat(None, n, dtype=pl.String, eager=True)
     return pl.DataFrame({
@@ -894,17 +913,19 @@ def _vec_frame(df: pl.DataFrame) -> tuple[pl.DataFrame, pl.Series]:
         if isinstance(tf.get("function"), pl.Struct) and "name" in {
                 x.name for x in tf["function"].fields}:
             name = pl.coalesce(name, pl.element().struct.field("function").struct.field("name"))
-        # Tool sets repeat a lot: sort/dedupe each distinct raw name sequence once.
-        keys = pl.select(pl.lit(tools).list.eval(name.filter(name.is_not_null() & (name != "")))
-                         .list.join("\x1f").alias("k"))["k"]
+        # Tool sets repeat a lot: sort/dedupe (and hash) each distinct raw name sequence
+        # once. (A filter inside list.eval, or list.unique/sort, cost 10-100x more.)
+        keys = pl.select(pl.lit(tools).list.eval(name).list.join("\x1f", ignore_nulls=True)
+                         .alias("k"))["k"]
         u = keys.drop_nulls().unique()
-        names = pl.Series([sorted(set(k.split("\x1f")) - {""}) for k in u.to_list()],
-                          dtype=pl.List(pl.String))
-        tool_names = (pl.DataFrame({"k": keys})
-                      .join(pl.DataFrame({"k": u, "v": names}), on="k", how="left",
-                            maintain_order="left")["v"])
+        sets = [sorted(set(k.split("\x1f")) - {""}) for k in u.to_list()]
+        lut = pl.DataFrame({"k": u, "v": pl.Series(sets, dtype=pl.List(pl.String)),
+                            "h": pl.Series([_tools_hash(x) for x in sets], dtype=pl.UInt64)})
+        per_row = pl.DataFrame({"k": keys}).join(lut, on="k", how="left", maintain_order="left")
+        tool_names, tools_hash = per_row["v"], per_row["h"]
     else:
         tool_names = _nulls("tool_names", n, pl.List(pl.String))
+        tools_hash = _nulls("tools_hash", n, pl.UInt64)
 
     frame = pl.DataFrame({"ts": ts, "account_id": acc}).with_columns(
         prompt=pl.when(pl.lit(has_prompt)).then(pl.lit(prompt)).when(hm).then(mf["m_prompt"]),
@@ -915,6 +936,7 @@ def _vec_frame(df: pl.DataFrame) -> tuple[pl.DataFrame, pl.Series]:
         has_tool_results=pl.when(hm).then(mf["tr"]).otherwise(False),
         has_image=pl.lit(False),
         tool_names=tool_names,
+        tools_hash=tools_hash,
         _has_messages=msgs.is_not_null(),
         _has_prompt=prompt.is_not_null(),
         _has_system=system.is_not_null(),
@@ -932,7 +954,9 @@ def _vec_frame(df: pl.DataFrame) -> tuple[pl.DataFrame, pl.Series]:
     for f in ("thinking", "logprobs"):
         reasons.append(pl.select(pl.when(out[f] < 0).then(pl.lit(f"bad_type:{f}"))).to_series())
     frame = frame.with_columns(**out)
-    reason = pl.select(pl.coalesce(reasons)).to_series() if n else pl.Series([], dtype=pl.String)
+    reasons = [r for r in reasons if r.null_count() < n]  # most checks find nothing
+    reason = (pl.select(pl.coalesce(reasons)).to_series() if reasons
+              else _nulls("reason", n, pl.String))
     return _finish(frame), reason
 
 
@@ -1174,8 +1198,12 @@ class Log:
     #: inline account fields and first model uses as read (before the tables), for the state
     inline_accounts: pl.DataFrame | None = None
     first_seen: pl.DataFrame | None = None
-    #: seed of the sampling hash ``_h`` stored in ``new_parts`` (None: not stored)
+    #: seed of the prompt sample drawn while reading (None: not drawn)
     sample_seed: int | None = None
+    #: this log's prompt sample with its hash ``_h`` (``read_log(sample_seed=)``); the cache
+    #: then holds no ``prompt`` / ``system`` text (those columns are null in ``parts``)
+    sample: pl.DataFrame | None = None
+    sample_max: int | None = None
     _tmpdir: str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
@@ -1212,10 +1240,84 @@ def account_partition(account_id: pl.Expr, partitions: int) -> pl.Expr:
 def sample_hash(seed: int) -> pl.Expr:
     """The seeded hash that orders each account's events for the prompt sample
     (``content_signals.sample_prompts``): account id, timestamp and the prompt's first 64
-    characters. ``read_log(sample_seed=)`` stores it in the cache as ``_h``, so sampling
-    needs no text."""
+    characters. ``read_log(sample_seed=)`` draws the sample on it while the prompts are in
+    memory."""
     return pl.concat_str([pl.col("account_id"), pl.col("ts").cast(pl.String),
                           pl.col("prompt").str.slice(0, 64)], ignore_nulls=True).hash(seed=seed)
+
+
+#: columns of the prompt sample (``content_signals.sample_prompts``, ``Log.sample``)
+SAMPLE_COLUMNS = ("account_id", "ts", "prompt", "system", "tool_names", "model", "system_hash",
+                  "tools_hash")
+#: text columns of the sample (held as ``Categorical``: a sample repeats prompts many times)
+_SAMPLE_TEXT = ("prompt", "system")
+
+
+class _BottomK:
+    """Each account's ``k`` events with the smallest sampling hash ``_h`` (ties: the earlier
+    event), kept while the log is read, so that the prompt sample needs no second pass over
+    the text and the cache holds no prompts.
+
+    Events are added in input order. Accounts that already hold ``k`` events get a cut-off
+    (their ``k``-th smallest hash): later events at or above it can never enter and are
+    dropped at once (on random hashes, an account of ``n`` events admits about
+    ``k·(1 + ln(n/k))`` of them). What is left is pruned to ``k`` per account whenever it has
+    doubled, so the work stays linear and memory bounded by about twice the sample.
+    Hashing and keeping run on a worker thread of their own (used as a context manager),
+    beside the normalisation on the main thread and the cache writer.
+    """
+
+    #: events held before the first prune (later: twice what the last prune kept)
+    min_prune = 500_000
+
+    def __init__(self, k: int, columns: list) -> None:
+        self.k = max(1, int(k))
+        self.columns = columns  # expressions giving SAMPLE_COLUMNS and ``_h``
+        self.frames: list[pl.DataFrame] = []
+        self.rows = 0
+        self.kept = 0
+        self.cut: pl.DataFrame | None = None
+
+    def __enter__(self) -> _BottomK:
+        self._bg = _Background()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._bg.close(wait=exc[0] is None)
+
+    def add(self, frame: pl.DataFrame) -> None:
+        """Queue a normalised event batch (input order)."""
+        self._bg.submit(self._add, frame)
+
+    def _add(self, frame: pl.DataFrame) -> None:
+        frame = frame.select(self.columns)
+        if self.cut is not None:
+            frame = (frame.join(self.cut, on="account_id", how="left", maintain_order="left")
+                     .filter(pl.col("_cut").is_null() | (pl.col("_h") < pl.col("_cut")))
+                     .drop("_cut"))
+        if frame.is_empty():
+            return
+        self.frames.append(frame.with_columns(pl.col(c).cast(pl.Categorical)
+                                              for c in _SAMPLE_TEXT))
+        self.rows += len(frame)
+        if self.rows > max(2 * self.kept, self.min_prune):
+            self._prune()
+
+    def _prune(self) -> None:
+        if not self.frames:
+            return
+        kept = (pl.concat(self.frames) if len(self.frames) > 1 else self.frames[0]).filter(
+            pl.col("_h").rank("ordinal").over("account_id") <= self.k)
+        self.frames, self.rows, self.kept = [kept], len(kept), len(kept)
+        self.cut = (kept.group_by("account_id").agg(_cut=pl.col("_h").max(), _n=pl.len())
+                    .filter(pl.col("_n") >= self.k).drop("_n"))
+
+    def result(self, schema: dict[str, pl.DataType]) -> pl.DataFrame:
+        """The sample sorted by account and time (ties in input order), with ``_h``."""
+        self._prune()
+        if not self.frames:
+            return pl.DataFrame(schema={**schema, **{c: pl.Categorical for c in _SAMPLE_TEXT}})
+        return self.frames[0].sort("account_id", "ts", maintain_order=True)
 
 
 #: events per account partition aimed at by :func:`auto_partitions`
@@ -1243,6 +1345,9 @@ def auto_partitions(paths, *, format: str = "auto", per_partition: int = PARTITI
 
 
 _NO_DICT = frozenset(("request_id", "response"))
+#: columns that later stages filter on (row-group statistics can skip data); statistics of
+#: the others are not written (their min/max cost ~15 % of the cache's write time)
+_STATS = ("ts", "account_id", "model")
 
 
 class _PartitionWriter:
@@ -1255,7 +1360,9 @@ class _PartitionWriter:
         # LZ4: uncompressed was faster to write at 1M, but 11 GB at 16M (vs ~3 GB), past
         # what the page cache absorbs; the compression runs on the writer thread
         dic = [c for c in schema.names if c not in _NO_DICT]
-        self.writers = [pq.ParquetWriter(p, schema, compression="lz4", use_dictionary=dic)
+        stats = [c for c in _STATS if c in schema.names]
+        self.writers = [pq.ParquetWriter(p, schema, compression="lz4", use_dictionary=dic,
+                                         write_statistics=stats)
                         for p in paths]
         self.pending: list[list[pl.DataFrame]] = [[] for _ in paths]
         self.rows = [0] * len(paths)
@@ -1395,7 +1502,7 @@ def read_log(paths, *, accounts=None, releases=None, skip_invalid: bool = False,
              cache_dir=None, progress: bool = False, batch_rows: int = 100_000,
              format: str = "auto", account_from: str | None = None,
              ts_from: str | None = None, partitions: int = 1, history=None,
-             sample_seed: int | None = None) -> Log:
+             sample_seed: int | None = None, sample_max: int = 64) -> Log:
     """Read a traffic log (files/directories), an optional accounts table and releases CSV.
 
     Events are streamed in batches into ``<cache_dir>/events.parquet`` (or a temporary
@@ -1413,9 +1520,12 @@ def read_log(paths, *, accounts=None, releases=None, skip_invalid: bool = False,
     and first model uses are merged as if it had been read first. ``Log.new_parts`` then scan
     this log's events only (what the prompt sample is drawn from).
 
-    ``sample_seed``: also store :func:`sample_hash` of that seed as column ``_h`` of the cache
-    (``Log.new_parts`` include it, ``Log.parts`` / ``Log.events`` do not), computed while the
-    prompts are in memory so that drawing the prompt sample reads no text.
+    ``sample_seed``: draw this log's prompt sample while reading — for each account the
+    ``sample_max`` events with the smallest :func:`sample_hash` of that seed, exactly what
+    ``content_signals.sample_prompts(max_prompts=sample_max, seed=sample_seed,
+    keep_hash=True)`` returns from the cache — into ``Log.sample``, and leave the ``prompt``
+    and ``system`` text out of the cache (null columns): nothing after the sample reads it,
+    and it is most of what the cache would write and later decode again.
     """
     files = expand_paths(paths, format=format)
     table = read_accounts(accounts) if accounts is not None else None
@@ -1434,9 +1544,11 @@ def read_log(paths, *, accounts=None, releases=None, skip_invalid: bool = False,
     cache_schema = dict(EVENT_SCHEMA)
     event_cols = list(EVENT_SCHEMA)
     write_cols: list = list(event_cols)
+    sampler = None
     if sample_seed is not None:
-        cache_schema["_h"] = pl.UInt64
-        write_cols.append(sample_hash(sample_seed).alias("_h"))
+        sampler = _BottomK(sample_max, [*SAMPLE_COLUMNS, sample_hash(sample_seed).alias("_h")])
+        write_cols = [pl.lit(None, dtype=EVENT_SCHEMA[c]).alias(c) if c in _SAMPLE_TEXT
+                      else c for c in event_cols]
     arrow_schema = pl.DataFrame(schema=cache_schema).to_arrow().schema
     acc_schema = {k: v for k, v in ACCOUNT_SCHEMA.items()}
     inline = pl.DataFrame(schema=acc_schema)
@@ -1446,12 +1558,15 @@ def read_log(paths, *, accounts=None, releases=None, skip_invalid: bool = False,
     total = sum(os.path.getsize(f) for f in files)
     try:
         with _Progress(progress, total) as bar, _PartitionWriter(
-                caches, arrow_schema, batch_rows) as writer:
+                caches, arrow_schema, batch_rows) as writer, (
+                sampler if sampler is not None else contextlib.nullcontext()):
             ctx = _Ctx(skip_invalid, invalid, batch_rows, bar.advance, format=format,
                        account_from=account_from, ts_from=ts_from)
             for _, frame in _iter_frames(files, ctx):
                 n_events += len(frame)
                 writer.write(frame.select(write_cols))
+                if sampler is not None:
+                    sampler.add(frame)
                 pending.append(frame.group_by("account_id", maintain_order=True).agg(
                     [pl.col(f).drop_nulls().first() for f in ACCOUNT_FIELDS]))
                 if len(pending) >= 16:
@@ -1468,7 +1583,9 @@ def read_log(paths, *, accounts=None, releases=None, skip_invalid: bool = False,
     if pending:
         inline = _merge_accounts(inline, pl.concat(pending))
     new_parts = [pl.scan_parquet(c) for c in caches]
-    parts = [c.select(event_cols) for c in new_parts] if sample_seed is not None else new_parts
+    parts = new_parts
+    sample = (sampler.result({c: EVENT_SCHEMA[c] for c in SAMPLE_COLUMNS} | {"_h": pl.UInt64})
+              if sampler is not None else None)
     n_new = n_events
     if history is not None:
         inline = _merge_accounts(conform(history.inline_accounts, ACCOUNT_SCHEMA), inline)
@@ -1502,6 +1619,7 @@ def read_log(paths, *, accounts=None, releases=None, skip_invalid: bool = False,
                parts=parts, new_parts=new_parts, n_new_events=n_new,
                inline_accounts=conform(inline, ACCOUNT_SCHEMA),
                first_seen=conform(first_seen, RELEASE_SCHEMA), sample_seed=sample_seed,
+               sample=sample, sample_max=sample_max if sample is not None else None,
                _tmpdir=tmpdir)
 
 

@@ -103,10 +103,7 @@ class StreamConfig:
     seeds through at least ``inherit_lift_min_groups`` (None: the lift's ``min_groups``)
     of its evidence groups and its own score is at least ``inherit_lift_min_score`` (None: the
     lift's own ``min_score``); with ``inherit_lift_require`` (link kinds), one of the ties must
-    be of one of those kinds. ``early_model`` names a scorer file (in the package's
-    ``data/models`` or a path; ``tools/fit_early.py``) fitted on accounts with fewer than
-    ``early_exchanges`` exchanges: below that count, its verdict at its own fitted threshold
-    also makes an account ``attack`` on its own evidence (from ``min_exchanges_attack``). ``attack_threshold`` (if set)
+    be of one of those kinds. ``attack_threshold`` (if set)
     replaces the scorer's attack threshold online: the online features (sketches, partial
     histories) score differently from batch ones, so the threshold is calibrated on online
     scores of fresh seeds by ``tools/fit_stream.py``.
@@ -126,7 +123,6 @@ class StreamConfig:
     inherit_lift_min_score: float | None = None
     inherit_lift_min_groups: int | None = None
     inherit_lift_require: tuple[str, ...] = ()
-    early_model: str | None = None
 
     def __post_init__(self) -> None:
         if self.grace < 1 or self.min_exchanges_attack < 1:

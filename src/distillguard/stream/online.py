@@ -917,11 +917,9 @@ class OnlineDetector:
         score = np.round(res.score, 6)
         self.f_["score"][idx] = score
         n = self.c_["n"][idx]
-        reasons = list(res.reasons)
-        early_ok = self._early_verdicts(feats, n, reasons)
         code, reasons, soon = self._group_verdicts(
             idx, score, np.array([VERDICT_CODE[v] for v in res.verdict], dtype=np.int8),
-            reasons, early_ok)
+            list(res.reasons))
         self.verdict_[idx] = code
         intern = self.reason_strs_
         for i, r in zip(idx.tolist(), reasons):
@@ -935,45 +933,8 @@ class OnlineDetector:
             "reasons": pl.Series(reasons, dtype=pl.String),
             "cluster_id": feats["cluster_id"], "exchanges_seen": n.astype(np.int64)})
 
-    def _early_scorer(self):
-        """The early scorer named by ``stream.early_model`` (None: off), loaded once."""
-        name = self.signals_.stream.early_model
-        if getattr(self, "early_key_", False) != name:
-            self.early_key_ = name
-            self.early_scorer_ = None
-            if name is not None:
-                from importlib import resources
-                from pathlib import Path
-
-                from ..score import Scorer
-                ref = resources.files("distillguard").joinpath("data/models", name)
-                path = Path(str(ref)) if ref.is_file() else Path(name)
-                self.early_scorer_ = Scorer.load(path, signals=self.signals_)
-        return self.early_scorer_
-
-    def _early_verdicts(self, feats: pl.DataFrame, n: np.ndarray,
-                        reasons: list[str]) -> np.ndarray | None:
-        """Rows whose early scorer (``stream.early_model``, fitted on accounts seen briefly)
-        says ``attack``: fewer than ``early_exchanges`` exchanges, early score at its fitted
-        threshold or above, not solo (as the main scorer's cap). Their reasons become the
-        early scorer's (in place). None when there is no early scorer."""
-        em = self._early_scorer()
-        young = n < self.signals_.stream.early_exchanges
-        if em is None or not young.any():
-            return None
-        sub = feats.filter(pl.Series(young))
-        ok = np.zeros(len(n), bool)
-        ok[young] = (em.score(sub) >= em.threshold_attack_) & ~em.solo(sub)
-        if ok.any():
-            pos = np.flatnonzero(young)
-            for j, r in zip(pos, em.reasons(sub)):
-                if ok[j]:
-                    reasons[j] = r
-        return ok
-
     def _group_verdicts(self, idx: np.ndarray, score: np.ndarray, code: np.ndarray,
-                        reasons: list[str], early_ok: np.ndarray | None = None
-                        ) -> tuple[np.ndarray, list[str], np.ndarray]:
+                        reasons: list[str]) -> tuple[np.ndarray, list[str], np.ndarray]:
         """Minimum own evidence, then group inheritance (``stream`` of the signal file).
 
         An account is a *seed* while its own score says ``attack`` with at least
@@ -994,13 +955,9 @@ class OnlineDetector:
         cfg = self.signals_.stream
         code = code.copy()
         n = self.c_["n"][idx]
-        if early_ok is not None:                  # the early scorer's own-evidence verdict
-            code[early_ok] = 2
         held = (code == 2) & (n < cfg.min_exchanges_attack)
         early = (code == 2) & ~held & (n < cfg.early_exchanges) & (
             score < cfg.early_attack_threshold)
-        if early_ok is not None:
-            early &= ~early_ok
         code[held | early] = 1
         soon = np.where(held, cfg.min_exchanges_attack, 0).astype(np.float64)
         was = self.seed_[idx].copy()

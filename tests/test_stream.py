@@ -75,6 +75,42 @@ def test_online_features_equal_batch(log_frames, learned):
         assert np.mean(np.abs(b - a) / np.maximum(a, 1)) < 0.15, c
 
 
+def test_cluster_frame_equals_the_full_member_features(learned):
+    """The live-cluster features the scorer reads come out the same from the member columns
+    alone as from every member's full features through the batch cluster features."""
+    from distillguard.cluster import cluster_features
+    from distillguard.detect import attach_cluster_features
+
+    det = learned
+    groups = det.groups()
+    assert groups, "the fixture log should form live clusters"
+    rng = np.random.default_rng(0)
+    idx = np.unique(np.concatenate([rng.choice(det.n_accounts_, 40, replace=False),
+                                    [m[0] for m in groups.values()]]))
+    got = det._cluster_frame(idx)
+    roots = sorted({det._find(int(i)) for i in idx} & set(groups))
+    extra = [m for r in roots for m in groups[r]]
+    membership = pl.DataFrame({"account_id": [det.ids_[i] for i in extra],
+                               "cluster_id": [det.cluster_name(r) for r in roots
+                                              for _ in groups[r]]})
+    cf = cluster_features(det.features(np.unique(np.r_[idx, extra])), membership,
+                          pl.DataFrame(), None)
+    cf = cf.join(pl.DataFrame({
+        "cluster_id": [det.cluster_name(r) for r in roots],
+        "mean_edge_kinds": [float(bin(int(det.gkinds_[r])).count("1")) for r in roots],
+        "shared_template_share": [det._group_template_share(groups[r]) for r in roots]}),
+        on="cluster_id", how="left")
+    want = attach_cluster_features(det.features(idx), membership, cf)
+    read = [s.feature for s in det.scorer_._signals().signals
+            if s.feature and s.feature.startswith("c_")]
+    have = [c for c in read if c in want.columns]
+    assert {"c_size", "c_med_valuable_share", "c_ips_per_account"} <= set(have)
+    assert (got["c_size"] > 1).sum() > 0
+    assert_frame_equal(got.select("account_id", "cluster_id", *have),
+                       want.select("account_id", "cluster_id", *have))
+    assert_frame_equal(got.select(det.features(idx).columns), det.features(idx))
+
+
 def test_learn_one_equals_learn_many(log_frames):
     ev, acc, rel = log_frames
     part = ev.head(150)

@@ -153,17 +153,9 @@ def _entropy_norm(shares: np.ndarray, k: int = len(TASKS)) -> float:
     return float(-(s * np.log(s)).sum() / math.log(k))
 
 
-def cluster_features(features: pl.DataFrame, membership: pl.DataFrame, edges: pl.DataFrame,
-                     sample: pl.DataFrame | None) -> pl.DataFrame:
-    """One row per cluster: coordination and concentration of the group as a whole.
-
-    ``features``: per-account features (fingerprint + content). ``sample``: sampled events
-    with ``account_id, ts, template_id, task`` (or None).
-    """
-    if membership.is_empty():
-        return pl.DataFrame(schema={"cluster_id": pl.String, "size": pl.UInt32})
-    m = membership.join(features, on="account_id", how="left")
-    agg = m.group_by("cluster_id").agg(
+def _member_aggs() -> dict[str, pl.Expr]:
+    """Aggregates of a cluster's member features, by output column."""
+    return dict(
         size=pl.len(),
         exchanges=pl.col("n_exchanges").sum(),
         med_per_day=pl.col("per_day").median(),
@@ -190,6 +182,31 @@ def cluster_features(features: pl.DataFrame, membership: pl.DataFrame, edges: pl
         med_shared_template=pl.col("shared_template_share").median(),
         ips_per_account=pl.col("n_ips").sum() / pl.len(),
     )
+
+
+def member_columns_read(columns: set[str]) -> set[str]:
+    """Member feature columns that the cluster aggregates ``columns`` read."""
+    return {c for k, e in _member_aggs().items() if k in columns
+            for c in e.meta.root_names()}
+
+
+def cluster_features(features: pl.DataFrame, membership: pl.DataFrame, edges: pl.DataFrame,
+                     sample: pl.DataFrame | None, *,
+                     columns: set[str] | None = None) -> pl.DataFrame:
+    """One row per cluster: coordination and concentration of the group as a whole.
+
+    ``features``: per-account features (fingerprint + content); with ``columns``, only the
+    member aggregates of those names are computed (``size`` always), and ``features`` needs
+    only the columns they read (:func:`member_columns_read`). ``sample``: sampled events
+    with ``account_id, ts, template_id, task`` (or None).
+    """
+    if membership.is_empty():
+        return pl.DataFrame(schema={"cluster_id": pl.String, "size": pl.UInt32})
+    m = membership.join(features, on="account_id", how="left")
+    aggs = _member_aggs()
+    if columns is not None:
+        aggs = {k: e for k, e in aggs.items() if k in columns or k == "size"}
+    agg = m.group_by("cluster_id").agg(**aggs)
     # edges inside clusters: how many kinds of coordination tie the members
     if not edges.is_empty():
         inner = (edges.join(membership.rename({"account_id": "src", "cluster_id": "c1"}),

@@ -29,10 +29,10 @@ import math
 import numpy as np
 import polars as pl
 
-from ..cluster import cluster_features
+from ..cluster import cluster_features, member_columns_read
 from ..content import load_default, normalize_prompts, predict_tasks
 from ..content_signals import VALUABLE_TASKS
-from ..detect import attach_cluster_features, load_scorer
+from ..detect import CLUSTER_PREFIX, attach_cluster_features, load_scorer
 from ..fingerprint import DAILY_MAX_MIN_COUNT, DAILY_MAX_MIN_DAYS, LIGHTLY_VERIFIED_TIERS
 from ..schema import EVENT_SCHEMA, TASKS, conform
 from ..signals import load_signals
@@ -51,6 +51,10 @@ MAX_RELEASES = 16
 CACHE_MAX = 1 << 15           # classifier answers / template ids cached (by text hash)
 VERDICT_CODE = {"benign": 0, "suspicious": 1, "attack": 2}
 VERDICT_NAME = np.array(["benign", "suspicious", "attack"])
+# feature columns computed for every member of a rescored account's live cluster
+MEMBER_COLUMNS = frozenset({"n_exchanges", "n_ips", "pivot_share", "pivot_window_n", "tier",
+                            "verified", "age_days_at_first_use", "valuable_share",
+                            "payment_fingerprint", "email_domain"})
 KINDS = ("ip", "ip_prefix", "client", "payment", "email_domain", "signup_burst",
          "system_prompt", "tool_schema", "template")
 _US = 1_000_000
@@ -689,15 +693,9 @@ class OnlineDetector:
             out_in = np.nan_to_num(F["out_tok"] / F["in_tok"], posinf=0.0)
         est = dict(zip(HLL_KINDS, np.round(_hll_estimate(self.hll_[:, idx]))))
         hour = self.hour_[idx].astype(np.float64)
-        win = self.win_[idx].astype(np.float64)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            shares = np.where(win[:, :, 0] > 0, win[:, :, 1] / win[:, :, 0], np.nan)
-        pivot = np.nan_to_num(np.nanmax(np.where(np.isnan(shares), -1, shares), axis=1),
-                              nan=0.0).clip(min=0.0)
+        mc = self._member_columns(idx)
         tiers = np.array(self.tiers_, dtype=object)[self.meta_["tier"][idx]]
-        cls = np.maximum(C["cls_n"], 1)
-        task = self.task_[idx].astype(np.float64) / cls[:, None]
-        valuable = task[:, [TASKS.index(t) for t in VALUABLE_TASKS]].sum(axis=1)
+        cls, task = self._task_shares(idx)
         reuse, shared = self._template_shares(idx, cls)
         per_day = C["n"] / days
         # daily_max_share as fingerprint.rhythm: the current day counts as it stands
@@ -707,7 +705,7 @@ class OnlineDetector:
                              at_top / days, 0.0)
         cols = {
             "account_id": pl.Series([self.ids_[i] for i in idx], dtype=pl.String),
-            "n_exchanges": C["n"].astype(np.int64), "active_days": C["days"].astype(np.int64),
+            "n_exchanges": mc["n_exchanges"], "active_days": C["days"].astype(np.int64),
             "per_day": per_day,
             "per_day_tier_pct": self._tier_pct(idx, per_day),
             "daily_max_share": daily_max,
@@ -728,30 +726,59 @@ class OnlineDetector:
                                           np.nan),
             "mean_output_tokens": np.where(F["out_n"] > 0,
                                            F["out_tok"] / np.maximum(F["out_n"], 1), np.nan),
-            "n_keys": est["keys"], "n_ips": est["ips"], "n_prefixes": est["prefixes"],
+            "n_keys": est["keys"], "n_ips": mc["n_ips"], "n_prefixes": est["prefixes"],
             "n_asns": est["asns"], "n_countries": est["countries"],
             "n_clients": est["clients"], "n_models": est["models"],
-            "keys_per_100": 100.0 * est["keys"] / n, "ips_per_100": 100.0 * est["ips"] / n,
-            "pivot_share": pivot, "pivot_window_n": win[:, :, 0].max(axis=1),
-            "tier": pl.Series(tiers.tolist(), dtype=pl.String),
+            "keys_per_100": 100.0 * est["keys"] / n, "ips_per_100": 100.0 * mc["n_ips"] / n,
+            "pivot_share": mc["pivot_share"], "pivot_window_n": mc["pivot_window_n"],
+            "tier": mc["tier"],
             "risky_tier": np.isin(tiers, LIGHTLY_VERIFIED_TIERS).astype(np.float64),
-            "verified": self.meta_["verified"][idx],
-            "age_days_at_first_use": np.trunc((F["first_ts"] - F["created_at"]) / _US)
-            / 86400.0,
+            "verified": mc["verified"], "age_days_at_first_use": mc["age_days_at_first_use"],
             "country_mismatch_share": C["mismatch"] / n,
             "cot_share": C["cot"] / cls, "sensitive_share": C["sens"] / cls,
-            "valuable_share": valuable, "top_task_share": task.max(axis=1),
+            "valuable_share": mc["valuable_share"], "top_task_share": task.max(axis=1),
             "task_entropy": _entropy_rows(task, len(TASKS)),
             "template_reuse_share": reuse, "shared_template_share": shared,
             **{f"share_{t}": task[:, i] for i, t in enumerate(TASKS)},
+            "payment_fingerprint": mc["payment_fingerprint"],
+            "email_domain": mc["email_domain"],
+        }
+        # from Series: a dict of numpy arrays costs ~4x as much to turn into a frame
+        return pl.DataFrame([pl.Series(k, v) for k, v in cols.items()])
+
+    def _task_shares(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(classified prompts, at least 1; task shares) of accounts ``idx``."""
+        cls = np.maximum(self.c_["cls_n"][idx].astype(np.float64), 1)
+        return cls, self.task_[idx].astype(np.float64) / cls[:, None]
+
+    def _member_columns(self, idx: np.ndarray) -> dict:
+        """Feature columns :data:`MEMBER_COLUMNS` of accounts ``idx`` (those the scorer's
+        live-cluster aggregates read): computed for every member of a rescored account's
+        cluster, and the same code gives :meth:`features` these columns."""
+        F = self.f_
+        win = self.win_[idx].astype(np.float64)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            shares = np.where(win[:, :, 0] > 0, win[:, :, 1] / win[:, :, 0], np.nan)
+        pivot = np.nan_to_num(np.nanmax(np.where(np.isnan(shares), -1, shares), axis=1),
+                              nan=0.0).clip(min=0.0)
+        tiers = np.array(self.tiers_, dtype=object)[self.meta_["tier"][idx]]
+        task = self._task_shares(idx)[1]
+        cols = {
+            "n_exchanges": self.c_["n"][idx].astype(np.int64),
+            "n_ips": np.round(_hll_estimate(self.hll_[HLL_KINDS.index("ips"), idx])),
+            "pivot_share": pivot, "pivot_window_n": win[:, :, 0].max(axis=1),
+            "tier": pl.Series(tiers.tolist(), dtype=pl.String),
+            "verified": self.meta_["verified"][idx],
+            "age_days_at_first_use": np.trunc((F["first_ts"][idx] - F["created_at"][idx])
+                                              / _US) / 86400.0,
+            "valuable_share": task[:, [TASKS.index(t) for t in VALUABLE_TASKS]].sum(axis=1),
         }
         # account fields the batch cluster features read (compared for equality only:
         # their 64-bit hashes stand in for the strings, null when absent)
         for name, key in (("payment_fingerprint", "paykey"), ("email_domain", "emailkey")):
             cols[name] = pl.Series([k or None for k in self.meta_[key][idx].tolist()],
                                    dtype=pl.UInt64)
-        # from Series: a dict of numpy arrays costs ~4x as much to turn into a frame
-        return pl.DataFrame([pl.Series(k, v) for k, v in cols.items()])
+        return cols
 
     def _template_shares(self, idx, cls) -> tuple[np.ndarray, np.ndarray]:
         ids, cnt = self.hh_id_[idx], self.hh_cnt_[idx].astype(np.float64)
@@ -804,30 +831,49 @@ class OnlineDetector:
             out[sel] = (lo + (hi - lo + 1) / 2.0) / max(len(pop), 1)
         return out
 
-    def _cluster_frame(self, idx: np.ndarray) -> tuple[pl.DataFrame, np.ndarray]:
-        """Features of ``idx`` plus their live clusters' members, with ``c_*`` attached."""
+    def _cluster_frame(self, idx: np.ndarray) -> pl.DataFrame:
+        """Features of accounts ``idx`` (sorted, distinct) with their live clusters' ``c_*``.
+
+        Only the cluster features the scorer reads are computed (``c_size`` always), and
+        the other members of the clusters contribute only the columns those read
+        (:meth:`_member_columns`; every feature when the signal file asks for more): a
+        live group has up to hundreds of members, rescored one at a time.
+        """
         groups = self.groups()
         roots = np.array([self._find(int(i)) for i in idx], dtype=np.int64)
         in_grp = sorted({int(r) for r in roots if int(r) in groups})
-        extra = [m for r in in_grp for m in groups[r]]
-        allidx = np.unique(np.concatenate([idx, np.array(extra, dtype=np.int64)]))
-        feats = self.features(allidx)
+        extra = np.array([m for r in in_grp for m in groups[r]], dtype=np.int64)
+        feats = self.features(idx)
         names = [self.cluster_name(r) for r in in_grp]
         membership = pl.DataFrame({
-            "account_id": pl.Series([self.ids_[i] for i in extra], dtype=pl.String),
+            "account_id": pl.Series([self.ids_[i] for i in extra.tolist()], dtype=pl.String),
             "cluster_id": pl.Series([nm for r, nm in zip(in_grp, names)
                                      for _ in groups[r]], dtype=pl.String)})
-        cf = cluster_features(feats, membership, pl.DataFrame(), None)
+        need = self._cluster_columns()
+        read = member_columns_read(need) - {"cluster_id"}
+        if read <= MEMBER_COLUMNS:
+            mc = self._member_columns(extra)
+            members = pl.DataFrame([membership["account_id"]]
+                                   + [pl.Series(k, mc[k]) for k in sorted(read)])
+        else:
+            members = self.features(np.unique(np.concatenate([idx, extra])))
+        cf = cluster_features(members, membership, pl.DataFrame(), None, columns=need)
         if not membership.is_empty():
-            kinds = pl.DataFrame({
-                "cluster_id": names,
-                "mean_edge_kinds": [float(bin(int(self.gkinds_[r])).count("1"))
-                                    for r in in_grp],
-                "shared_template_share": [self._group_template_share(groups[r])
-                                          for r in in_grp]})
+            online = {"mean_edge_kinds": lambda r: float(bin(int(self.gkinds_[r])).count("1")),
+                      "shared_template_share": lambda r: self._group_template_share(groups[r])}
+            kinds = pl.DataFrame({"cluster_id": names} | {
+                k: [f(r) for r in in_grp] for k, f in online.items() if k in need})
             cf = cf.join(kinds, on="cluster_id", how="left")
-        feats = attach_cluster_features(feats, membership, cf)
-        return feats, allidx
+        return attach_cluster_features(feats, membership, cf)
+
+    def _cluster_columns(self) -> set[str]:
+        """Cluster features the scorer's signals read (without the ``c_`` prefix), and
+        ``size`` (``Scorer.cap_solo``)."""
+        if not hasattr(self, "cluster_columns_"):
+            self.cluster_columns_ = {"size"} | {
+                s.feature[len(CLUSTER_PREFIX):] for s in self.scorer_._signals().signals
+                if s.feature and s.feature.startswith(CLUSTER_PREFIX)}
+        return self.cluster_columns_
 
     def _group_template_share(self, members: list[int]) -> float:
         m = np.array(members)
@@ -859,9 +905,7 @@ class OnlineDetector:
                                         "score": pl.Float64, "verdict": pl.String,
                                         "reasons": pl.String, "cluster_id": pl.String,
                                         "exchanges_seen": pl.Int64})
-        feats, allidx = self._cluster_frame(idx)
-        sel = np.isin(allidx, idx)
-        feats = feats.filter(pl.Series(sel))
+        feats = self._cluster_frame(idx)
         res = self.scorer_.run(feats)
         t_att = self.signals_.stream.attack_threshold
         if t_att is not None:  # calibrated on online scores (tools/fit_stream.py)

@@ -14,6 +14,7 @@ with a ``c_`` prefix so the scorer sees an account together with its group.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import igraph as ig
@@ -153,8 +154,10 @@ def _entropy_norm(shares: np.ndarray, k: int = len(TASKS)) -> float:
     return float(-(s * np.log(s)).sum() / math.log(k))
 
 
+@functools.cache
 def _member_aggs() -> dict[str, pl.Expr]:
-    """Aggregates of a cluster's member features, by output column."""
+    """Aggregates of a cluster's member features, by output column (built once; read
+    only)."""
     return dict(
         size=pl.len(),
         exchanges=pl.col("n_exchanges").sum(),
@@ -190,6 +193,16 @@ def member_columns_read(columns: set[str]) -> set[str]:
             for c in e.meta.root_names()}
 
 
+def member_aggregates(m: pl.DataFrame, columns: set[str] | None = None) -> pl.DataFrame:
+    """The member aggregates of :func:`cluster_features` (only ``columns`` and ``size``
+    when given) of ``m``: a ``cluster_id`` column and the member features, a row per member.
+    One row per cluster, in no particular order."""
+    aggs = _member_aggs()
+    if columns is not None:
+        aggs = {k: e for k, e in aggs.items() if k in columns or k == "size"}
+    return m.group_by("cluster_id").agg(**aggs)
+
+
 def cluster_features(features: pl.DataFrame, membership: pl.DataFrame, edges: pl.DataFrame,
                      sample: pl.DataFrame | None, *,
                      columns: set[str] | None = None) -> pl.DataFrame:
@@ -202,11 +215,7 @@ def cluster_features(features: pl.DataFrame, membership: pl.DataFrame, edges: pl
     """
     if membership.is_empty():
         return pl.DataFrame(schema={"cluster_id": pl.String, "size": pl.UInt32})
-    m = membership.join(features, on="account_id", how="left")
-    aggs = _member_aggs()
-    if columns is not None:
-        aggs = {k: e for k, e in aggs.items() if k in columns or k == "size"}
-    agg = m.group_by("cluster_id").agg(**aggs)
+    agg = member_aggregates(membership.join(features, on="account_id", how="left"), columns)
     # edges inside clusters: how many kinds of coordination tie the members
     if not edges.is_empty():
         inner = (edges.join(membership.rename({"account_id": "src", "cluster_id": "c1"}),

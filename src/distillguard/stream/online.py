@@ -29,7 +29,7 @@ import math
 import numpy as np
 import polars as pl
 
-from ..cluster import cluster_features, member_columns_read
+from ..cluster import cluster_features, member_aggregates, member_columns_read
 from ..content import load_default, normalize_prompts, predict_tasks
 from ..content_signals import VALUABLE_TASKS
 from ..detect import CLUSTER_PREFIX, attach_cluster_features, load_scorer
@@ -565,42 +565,44 @@ class OnlineDetector:
         ph = ph.tolist()
         if len(cache) + len(ph) > CACHE_MAX:
             cache.clear()
-        miss = [j for j, h in enumerate(ph) if h not in cache]
-        if miss:
-            new = normalize_prompts(prompts.gather(miss)).hash(seed=3).to_list()
-            cache.update(zip((ph[j] for j in miss), new))
+        first: dict[int, int] = {}                # a prompt sent twice is normalised once
+        for j, h in enumerate(ph):
+            if h not in cache:
+                first.setdefault(h, j)
+        if first:
+            new = normalize_prompts(prompts.gather(list(first.values()))).hash(seed=3)
+            cache.update(zip(first, new.to_list()))
         return [cache[h] for h in ph]
 
     def _hh_add_many(self, acc: list[int], tids: list[int]) -> None:
         """Misra-Gries heavy hitters of each account's templates (HH_K counters), fed the
         templates in order: a known one counts up, a new one takes a free slot, and with
         none free every counter counts down."""
-        rows: dict[int, tuple[list, list]] = {}
-        new_slots: list[tuple[int, int]] = []
+        ua = list(dict.fromkeys(acc))
+        rows = dict(zip(ua, zip(self.hh_id_[ua].tolist(), self.hh_cnt_[ua].tolist())))
+        new_a: list[int] = []
+        new_j: list[int] = []
         for a, t in zip(acc, tids):
-            r = rows.get(a)
-            if r is None:
-                r = rows[a] = (self.hh_id_[a].tolist(), self.hh_cnt_[a].tolist())
-            ids, cnt = r
-            for j in range(HH_K):
-                if cnt[j] > 0 and ids[j] == t:
+            ids, cnt = rows[a]
+            if t in ids:
+                # the first live slot holding t (a slot counted down to 0 may hold it too)
+                j = ids.index(t)
+                while j < HH_K and not (cnt[j] > 0 and ids[j] == t):
+                    j += 1
+                if j < HH_K:
                     cnt[j] += 1
-                    break
+                    continue
+            if 0 in cnt:
+                j = cnt.index(0)
+                ids[j], cnt[j] = t, 1
+                new_a.append(a)
+                new_j.append(j)
             else:
-                for j in range(HH_K):
-                    if cnt[j] == 0:
-                        ids[j], cnt[j] = t, 1
-                        new_slots.append((a, j))
-                        break
-                else:
-                    for j in range(HH_K):
-                        cnt[j] -= 1
-        for a, (ids, cnt) in rows.items():
-            self.hh_id_[a] = ids
-            self.hh_cnt_[a] = cnt
-        if new_slots:
-            a, j = zip(*new_slots)
-            self.hh_flag_[list(a), list(j)] = 0
+                cnt[:] = [c - 1 for c in cnt]
+        self.hh_id_[ua] = [rows[a][0] for a in ua]
+        self.hh_cnt_[ua] = [rows[a][1] for a in ua]
+        if new_a:
+            self.hh_flag_[new_a, new_j] = 0
 
     # -- linking ---------------------------------------------------------------------------
     def _find(self, x: int) -> int:
@@ -761,13 +763,12 @@ class OnlineDetector:
             shares = np.where(win[:, :, 0] > 0, win[:, :, 1] / win[:, :, 0], np.nan)
         pivot = np.nan_to_num(np.nanmax(np.where(np.isnan(shares), -1, shares), axis=1),
                               nan=0.0).clip(min=0.0)
-        tiers = np.array(self.tiers_, dtype=object)[self.meta_["tier"][idx]]
         task = self._task_shares(idx)[1]
         cols = {
             "n_exchanges": self.c_["n"][idx].astype(np.int64),
             "n_ips": np.round(_hll_estimate(self.hll_[HLL_KINDS.index("ips"), idx])),
             "pivot_share": pivot, "pivot_window_n": win[:, :, 0].max(axis=1),
-            "tier": pl.Series(tiers.tolist(), dtype=pl.String),
+            "tier": pl.Series(self.tiers_, dtype=pl.String).gather(self.meta_["tier"][idx]),
             "verified": self.meta_["verified"][idx],
             "age_days_at_first_use": np.trunc((F["first_ts"][idx] - F["created_at"][idx])
                                               / _US) / 86400.0,
@@ -776,8 +777,8 @@ class OnlineDetector:
         # account fields the batch cluster features read (compared for equality only:
         # their 64-bit hashes stand in for the strings, null when absent)
         for name, key in (("payment_fingerprint", "paykey"), ("email_domain", "emailkey")):
-            cols[name] = pl.Series([k or None for k in self.meta_[key][idx].tolist()],
-                                   dtype=pl.UInt64)
+            k = self.meta_[key][idx]
+            cols[name] = pl.Series(k, dtype=pl.UInt64).set(pl.Series(k == 0), None)
         return cols
 
     def _template_shares(self, idx, cls) -> tuple[np.ndarray, np.ndarray]:
@@ -849,15 +850,17 @@ class OnlineDetector:
             "account_id": pl.Series([self.ids_[i] for i in extra.tolist()], dtype=pl.String),
             "cluster_id": pl.Series([nm for r, nm in zip(in_grp, names)
                                      for _ in groups[r]], dtype=pl.String)})
-        need = self._cluster_columns()
-        read = member_columns_read(need) - {"cluster_id"}
-        if read <= MEMBER_COLUMNS:
+        need, read = self._cluster_columns()
+        if membership.is_empty():
+            cf = cluster_features(feats, membership, pl.DataFrame(), None)
+        elif MEMBER_COLUMNS.issuperset(read):
+            # the members' rows in membership order: the frame cluster_features would join
             mc = self._member_columns(extra)
-            members = pl.DataFrame([membership["account_id"]]
-                                   + [pl.Series(k, mc[k]) for k in sorted(read)])
+            cf = member_aggregates(membership.hstack([pl.Series(k, mc[k]) for k in read]),
+                                   need)
         else:
-            members = self.features(np.unique(np.concatenate([idx, extra])))
-        cf = cluster_features(members, membership, pl.DataFrame(), None, columns=need)
+            cf = cluster_features(self.features(np.unique(np.concatenate([idx, extra]))),
+                                  membership, pl.DataFrame(), None, columns=need)
         if not membership.is_empty():
             online = {"mean_edge_kinds": lambda r: float(bin(int(self.gkinds_[r])).count("1")),
                       "shared_template_share": lambda r: self._group_template_share(groups[r])}
@@ -866,26 +869,28 @@ class OnlineDetector:
             cf = cf.join(kinds, on="cluster_id", how="left")
         return attach_cluster_features(feats, membership, cf)
 
-    def _cluster_columns(self) -> set[str]:
-        """Cluster features the scorer's signals read (without the ``c_`` prefix), and
-        ``size`` (``Scorer.cap_solo``)."""
+    def _cluster_columns(self) -> tuple[set[str], list[str]]:
+        """Cluster features the scorer's signals read (without the ``c_`` prefix) with
+        ``size`` (``Scorer.cap_solo``), and the member feature columns they read."""
         if not hasattr(self, "cluster_columns_"):
-            self.cluster_columns_ = {"size"} | {
+            need = {"size"} | {
                 s.feature[len(CLUSTER_PREFIX):] for s in self.scorer_._signals().signals
                 if s.feature and s.feature.startswith(CLUSTER_PREFIX)}
+            self.cluster_columns_ = (need, sorted(member_columns_read(need)
+                                                  - {"cluster_id", "account_id"}))
         return self.cluster_columns_
 
     def _group_template_share(self, members: list[int]) -> float:
         m = np.array(members)
         ids, cnt = self.hh_id_[m].ravel(), self.hh_cnt_[m].ravel()
-        acc = np.repeat(np.arange(len(m)), HH_K)
         keep = cnt > 0
         if not keep.any():
             return 0.0
         uq, inv = np.unique(ids[keep], return_inverse=True)
         n = np.bincount(inv, weights=cnt[keep], minlength=len(uq)).astype(np.int64)
-        pairs = np.unique(inv.astype(np.int64) * len(m) + acc[keep])   # (template, account)
-        n_acc = np.bincount(pairs // len(m), minlength=len(uq))
+        # accounts per template: an account's sketch holds a template in one live slot at
+        # most (_hh_add_many counts up the live slot before it takes a free one)
+        n_acc = np.bincount(inv, minlength=len(uq))
         tot = int(n.sum())
         return float(int(n[n_acc >= 2].sum()) / tot) if tot else 0.0
 

@@ -676,8 +676,9 @@ class OnlineDetector:
         return {r: m for r, m in self.members_.items() if len(m) >= self.min_size_}
 
     # -- features and scoring --------------------------------------------------------------
-    def features(self, idx: np.ndarray) -> pl.DataFrame:
-        """Batch feature columns (fingerprint + content) for account indices ``idx``."""
+    def features(self, idx: np.ndarray, columns: set[str] | None = None) -> pl.DataFrame:
+        """Batch feature columns (fingerprint + content) for account indices ``idx`` (only
+        ``account_id`` and ``columns`` when given)."""
         self._init()
         idx = np.asarray(idx, dtype=np.int64)
         C = {k: v[idx].astype(np.float64) for k, v in self.c_.items()}
@@ -746,7 +747,8 @@ class OnlineDetector:
             "email_domain": mc["email_domain"],
         }
         # from Series: a dict of numpy arrays costs ~4x as much to turn into a frame
-        return pl.DataFrame([pl.Series(k, v) for k, v in cols.items()])
+        return pl.DataFrame([pl.Series(k, v) for k, v in cols.items()
+                             if columns is None or k in columns or k == "account_id"])
 
     def _task_shares(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(classified prompts, at least 1; task shares) of accounts ``idx``."""
@@ -833,7 +835,8 @@ class OnlineDetector:
         return out
 
     def _cluster_frame(self, idx: np.ndarray) -> pl.DataFrame:
-        """Features of accounts ``idx`` (sorted, distinct) with their live clusters' ``c_*``.
+        """The features the scorer reads of accounts ``idx`` (sorted, distinct), with their
+        live clusters' ``c_*``.
 
         Only the cluster features the scorer reads are computed (``c_size`` always), and
         the other members of the clusters contribute only the columns those read
@@ -844,13 +847,13 @@ class OnlineDetector:
         roots = np.array([self._find(int(i)) for i in idx], dtype=np.int64)
         in_grp = sorted({int(r) for r in roots if int(r) in groups})
         extra = np.array([m for r in in_grp for m in groups[r]], dtype=np.int64)
-        feats = self.features(idx)
+        need, read = self._cluster_columns()
+        feats = self.features(idx, self._score_columns())
         names = [self.cluster_name(r) for r in in_grp]
         membership = pl.DataFrame({
             "account_id": pl.Series([self.ids_[i] for i in extra.tolist()], dtype=pl.String),
             "cluster_id": pl.Series([nm for r, nm in zip(in_grp, names)
                                      for _ in groups[r]], dtype=pl.String)})
-        need, read = self._cluster_columns()
         if membership.is_empty():
             cf = cluster_features(feats, membership, pl.DataFrame(), None)
         elif MEMBER_COLUMNS.issuperset(read):
@@ -868,6 +871,13 @@ class OnlineDetector:
                 k: [f(r) for r in in_grp] for k, f in online.items() if k in need})
             cf = cf.join(kinds, on="cluster_id", how="left")
         return attach_cluster_features(feats, membership, cf)
+
+    def _score_columns(self) -> set[str]:
+        """Account feature columns the scorer's signals read."""
+        if not hasattr(self, "score_columns_"):
+            self.score_columns_ = {s.feature for s in self.scorer_._signals().signals
+                                   if s.feature and not s.feature.startswith(CLUSTER_PREFIX)}
+        return self.score_columns_
 
     def _cluster_columns(self) -> tuple[set[str], list[str]]:
         """Cluster features the scorer's signals read (without the ``c_`` prefix) with

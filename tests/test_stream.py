@@ -292,11 +292,12 @@ def test_iter_chunks_equals_slices(sim, tmp_path, log_frames):
     ev = log_frames[0]
     path = tmp_path / "ev.parquet"
     ev.write_parquet(path, row_group_size=777)
-    got = list(iter_chunks(path, 1000, skip=1500, schema=ev.schema))
-    assert sum(c.height for c in got) == ev.height - 1500
-    assert all(c.height == 1000 for c in got[:-1])
-    for k in (0, len(got) - 1):
-        assert_frame_equal(got[k], ev.slice(1500 + 1000 * k, 1000))
+    for size, skip in ((1000, 1500), (9000, 0), (7, 0)):
+        got = list(iter_chunks(path, size, skip=skip, schema=ev.schema))
+        assert sum(c.height for c in got) == ev.height - skip
+        assert all(c.height == size for c in got[:-1])
+        for k in sorted({0, min(1, len(got) - 1), len(got) // 2, len(got) - 1}):
+            assert_frame_equal(got[k], ev.slice(skip + size * k, size))
 
 
 def test_stream_section_errors_name_the_line(tmp_path):

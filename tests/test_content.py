@@ -166,6 +166,19 @@ def _campaign_frame():
     return pl.DataFrame(rows, schema=["account_id", "prompt"], orient="row")
 
 
+def test_whitespace_runs_pattern_equals_every_run():
+    """Replacing the whitespace runs other than a lone space gives the text that replacing
+    every ``\\s+`` run gives (normalize_prompts and the classifier rely on it)."""
+    from distillguard.content.templates import WS_RUNS
+
+    rng = np.random.default_rng(1)
+    alphabet = [" ", " ", "\t", "\n", "\u00a0", "\u3000", "\u2028", "a", "b", "é", "."]
+    texts = ["".join(rng.choice(alphabet, size=int(n))) for n in rng.integers(0, 30, 500)]
+    s = pl.Series(texts + ["", " ", "a b", " a  b ", None], dtype=pl.String)
+    assert s.str.replace_all(WS_RUNS, " ").equals(s.str.replace_all(r"\s+", " "))
+    assert (s.str.replace_all(WS_RUNS, " ") != s).any()
+
+
 def test_mine_templates_groups_wrappers_and_keeps_unrelated_apart():
     df = _campaign_frame()
     df = df.with_columns(mine_templates(df, seed=0))

@@ -39,6 +39,7 @@ import scipy.sparse as sp
 
 from ..errors import InputError
 from ..schema import TASKS
+from .templates import WS_RUNS
 
 __all__ = [
     "TaskClassifier", "load_default", "rule_based_task", "cot_score", "sensitive_score",
@@ -388,7 +389,7 @@ class TaskClassifier:
             .then(pl.col("t").str.slice(0, h) + pl.lit(" … ") + pl.col("t").str.slice(-t))
             .otherwise(pl.col("t")).str.to_lowercase().alias("w"),
             (pl.lit(" ") + pl.col("t").str.slice(0, self.char_chars).str.to_lowercase()
-             .str.replace_all(r"\s+", " ") + pl.lit(" ")).alias("c"),
+             .str.replace_all(WS_RUNS, " ") + pl.lit(" ")).alias("c"),
         )
         half, n = self.n_features // 2, self.n_features
         c1, h1, c2, h2 = _word_ngrams(df["w"])

@@ -28,6 +28,7 @@ import math
 
 import numpy as np
 import polars as pl
+import pyarrow as pa
 
 from ..cluster import cluster_features, member_aggregates, member_columns_read
 from ..content import load_default, normalize_prompts, predict_tasks
@@ -770,7 +771,8 @@ class OnlineDetector:
             "n_exchanges": self.c_["n"][idx].astype(np.int64),
             "n_ips": np.round(_hll_estimate(self.hll_[HLL_KINDS.index("ips"), idx])),
             "pivot_share": pivot, "pivot_window_n": win[:, :, 0].max(axis=1),
-            "tier": pl.Series(self.tiers_, dtype=pl.String).gather(self.meta_["tier"][idx]),
+            "tier": pl.Series(np.array(self.tiers_, dtype=object)[self.meta_["tier"][idx]]
+                              .tolist(), dtype=pl.String),
             "verified": self.meta_["verified"][idx],
             "age_days_at_first_use": np.trunc((F["first_ts"][idx] - F["created_at"][idx])
                                               / _US) / 86400.0,
@@ -780,7 +782,7 @@ class OnlineDetector:
         # their 64-bit hashes stand in for the strings, null when absent)
         for name, key in (("payment_fingerprint", "paykey"), ("email_domain", "emailkey")):
             k = self.meta_[key][idx]
-            cols[name] = pl.Series(k, dtype=pl.UInt64).set(pl.Series(k == 0), None)
+            cols[name] = pl.Series(name, pa.array(k, mask=k == 0))
         return cols
 
     def _template_shares(self, idx, cls) -> tuple[np.ndarray, np.ndarray]:

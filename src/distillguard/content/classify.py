@@ -228,10 +228,12 @@ class _CharClasses:
     """
 
     def __init__(self) -> None:
-        self.keys = np.zeros(0, np.int64)
-        self.cls = np.zeros(0, np.int8)
-        self.ascii = np.zeros(256, np.int8)
-        self.ascii[:128] = self._ask(np.arange(128, dtype=np.int64))
+        # (sorted keys, their classes) in one attribute: replaced whole, never mutated, so
+        # that a thread reading it while another adds characters sees a consistent pair
+        self.known = (np.zeros(0, np.int64), np.zeros(0, np.int8))
+        ascii_ = np.zeros(256, np.int8)
+        ascii_[:128] = self._ask(np.arange(128, dtype=np.int64))
+        self.ascii = ascii_
 
     @staticmethod
     def _ask(keys: np.ndarray) -> np.ndarray:
@@ -243,15 +245,17 @@ class _CharClasses:
     def classify(self, keys: np.ndarray) -> np.ndarray:
         """Classes of the non-ASCII characters ``keys`` (any order, repeats allowed)."""
         uq, inv = np.unique(keys, return_inverse=True)
-        pos = np.minimum(self.keys.searchsorted(uq), max(len(self.keys) - 1, 0))
-        known = (self.keys[pos] == uq) if len(self.keys) else np.zeros(len(uq), bool)
-        if not known.all():
-            keys_all = np.concatenate([self.keys, uq[~known]])
+        known_keys, known_cls = self.known
+        pos = np.minimum(known_keys.searchsorted(uq), max(len(known_keys) - 1, 0))
+        hit = (known_keys[pos] == uq) if len(known_keys) else np.zeros(len(uq), bool)
+        if not hit.all():
+            keys_all = np.concatenate([known_keys, uq[~hit]])
             o = np.argsort(keys_all, kind="stable")
-            self.keys = keys_all[o]
-            self.cls = np.concatenate([self.cls, self._ask(uq[~known])])[o]
-            pos = self.keys.searchsorted(uq)
-        return self.cls[pos][inv]
+            known_keys = keys_all[o]
+            known_cls = np.concatenate([known_cls, self._ask(uq[~hit])])[o]
+            self.known = (known_keys, known_cls)
+            pos = known_keys.searchsorted(uq)
+        return known_cls[pos][inv]
 
 
 _CHAR_CLASSES: _CharClasses | None = None

@@ -379,12 +379,14 @@ class TaskClassifier:
         self.seed = seed
 
     # -- features
-    def _blocks(self, texts) -> tuple[sp.csr_matrix, sp.csr_matrix]:
+    def _blocks(self, texts, narrow: bool = False) -> tuple[sp.csr_matrix, sp.csr_matrix]:
         """(word block, byte block): each (n_texts, n_features), counts l2-normalised per row.
 
         ``transform`` is their sum. Each block is the sum of two unsorted CSR pieces
         (uni/bigrams, 3/4-grams), which scipy's general CSR addition folds into one entry per
-        feature, so the l2 norms are exact without any sort.
+        feature, so the l2 norms are exact without any sort. ``narrow``: each block only as
+        wide as its half of the features (columns from 0), the same entries in the same order
+        — scipy's addition takes a workspace as wide as the matrix.
         """
         s = _as_series(texts)
         h, t = self.head_chars, self.tail_chars
@@ -398,8 +400,9 @@ class TaskClassifier:
         half, n = self.n_features // 2, self.n_features
         c1, h1, c2, h2 = _word_ngrams(df["w"])
         (c3, h3), (c4, h4) = _byte_ngrams(df["c"], 3), _byte_ngrams(df["c"], 4)
-        xw = _piece(c1, h1, 0, half, n) + _piece(c2, h2, 0, half, n)
-        xc = _piece(c3, h3, half, n - half, n) + _piece(c4, h4, half, n - half, n)
+        ww, wc, off = (half, n - half, 0) if narrow else (n, n, half)
+        xw = _piece(c1, h1, 0, half, ww) + _piece(c2, h2, 0, half, ww)
+        xc = _piece(c3, h3, off, n - half, wc) + _piece(c4, h4, off, n - half, wc)
         return _l2(xw), _l2(xc)
 
     def transform(self, texts) -> sp.csr_matrix:
@@ -432,8 +435,10 @@ class TaskClassifier:
 
     def decision_function(self, texts) -> np.ndarray:
         coef_t = np.ascontiguousarray(self.coef_.T)
-        xw, xc = self._blocks(texts)
-        return np.asarray(xw @ coef_t) + np.asarray(xc @ coef_t) + self.intercept_
+        half = self.n_features // 2
+        xw, xc = self._blocks(texts, narrow=True)
+        return (np.asarray(xw @ coef_t[:half]) + np.asarray(xc @ coef_t[half:])
+                + self.intercept_)
 
     def predict_proba(self, texts) -> np.ndarray:
         """One-vs-rest sigmoid scores normalised to sum to 1 (as scikit-learn's SGD)."""

@@ -97,7 +97,7 @@ def test_cluster_frame_equals_the_full_member_features(learned):
                           pl.DataFrame(), None)
     cf = cf.join(pl.DataFrame({
         "cluster_id": [det.cluster_name(r) for r in roots],
-        "mean_edge_kinds": [float(bin(int(det.gkinds_[r])).count("1")) for r in roots],
+        "mean_edge_kinds": [float(int(det.gkinds_[r]).bit_count()) for r in roots],
         "shared_template_share": [det._group_template_share(groups[r]) for r in roots]}),
         on="cluster_id", how="left")
     want = attach_cluster_features(det.features(idx), membership, cf)

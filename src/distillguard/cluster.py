@@ -158,33 +158,34 @@ def _entropy_norm(shares: np.ndarray, k: int = len(TASKS)) -> float:
 def _member_aggs() -> dict[str, pl.Expr]:
     """Aggregates of a cluster's member features, by output column (built once; read
     only)."""
-    return dict(
-        size=pl.len(),
-        exchanges=pl.col("n_exchanges").sum(),
-        med_per_day=pl.col("per_day").median(),
-        max_per_day_pct=pl.col("per_day_tier_pct").max(),
-        payment_shared_share=(pl.col("payment_fingerprint").is_not_null()
-                              & (pl.len().over("cluster_id", "payment_fingerprint") > 1)).mean(),
-        distinct_payments=pl.col("payment_fingerprint").n_unique(),
-        email_top_share=(pl.col("email_domain").drop_nulls().unique_counts().max()
-                         / pl.len()).fill_null(0.0),
-        verified_share=pl.col("verified").cast(pl.Float64).mean(),
-        edu_startup_share=pl.col("tier").is_in(["education", "startup", "research"]).mean(),
-        med_age_days=pl.col("age_days_at_first_use").median(),
-        med_span_days=pl.col("span_days").median(),
-        pivot_share=(pl.col("pivot_share") * pl.col("pivot_window_n").fill_null(0)).sum()
+    return {
+        "size": pl.len(),
+        "exchanges": pl.col("n_exchanges").sum(),
+        "med_per_day": pl.col("per_day").median(),
+        "max_per_day_pct": pl.col("per_day_tier_pct").max(),
+        "payment_shared_share": (pl.col("payment_fingerprint").is_not_null()
+                                 & (pl.len().over("cluster_id", "payment_fingerprint") > 1))
+        .mean(),
+        "distinct_payments": pl.col("payment_fingerprint").n_unique(),
+        "email_top_share": (pl.col("email_domain").drop_nulls().unique_counts().max()
+                            / pl.len()).fill_null(0.0),
+        "verified_share": pl.col("verified").cast(pl.Float64).mean(),
+        "edu_startup_share": pl.col("tier").is_in(["education", "startup", "research"]).mean(),
+        "med_age_days": pl.col("age_days_at_first_use").median(),
+        "med_span_days": pl.col("span_days").median(),
+        "pivot_share": (pl.col("pivot_share") * pl.col("pivot_window_n").fill_null(0)).sum()
         / pl.col("pivot_window_n").fill_null(0).sum().clip(lower_bound=1),
-        med_single_turn=pl.col("single_turn_share").median(),
-        med_hour_entropy=pl.col("hour_entropy").median(),
-        med_thinking=pl.col("thinking_share").median(),
-        med_cap=pl.col("max_tokens_cap_share").median(),
-        med_keys_per_100=pl.col("keys_per_100").median(),
-        med_valuable_share=pl.col("valuable_share").median(),
-        med_cot_share=pl.col("cot_share").median(),
-        med_template_reuse=pl.col("template_reuse_share").median(),
-        med_shared_template=pl.col("shared_template_share").median(),
-        ips_per_account=pl.col("n_ips").sum() / pl.len(),
-    )
+        "med_single_turn": pl.col("single_turn_share").median(),
+        "med_hour_entropy": pl.col("hour_entropy").median(),
+        "med_thinking": pl.col("thinking_share").median(),
+        "med_cap": pl.col("max_tokens_cap_share").median(),
+        "med_keys_per_100": pl.col("keys_per_100").median(),
+        "med_valuable_share": pl.col("valuable_share").median(),
+        "med_cot_share": pl.col("cot_share").median(),
+        "med_template_reuse": pl.col("template_reuse_share").median(),
+        "med_shared_template": pl.col("shared_template_share").median(),
+        "ips_per_account": pl.col("n_ips").sum() / pl.len(),
+    }
 
 
 def member_columns_read(columns: set[str]) -> set[str]:

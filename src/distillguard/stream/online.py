@@ -323,15 +323,20 @@ class OnlineDetector:
         ts = ev["ts"].dt.epoch("us").to_numpy().astype(np.int64)
         inc: list[tuple] = []
         if (known == -1).any():
-            new = (pl.DataFrame({"a": aid, "k": known, "ts": ts}).filter(pl.col("k") == -1)
-                   .group_by("a", maintain_order=True).agg(pl.col("ts").first()))
+            # new accounts in order of first appearance, each with its first event's row
+            rows = np.flatnonzero(known == -1).tolist()
+            first_row: dict[str, int] = {}
+            for j in rows:
+                first_row.setdefault(ids[j], j)
             tiers = None
-            if "tier" in ev.columns:
-                tiers = (pl.DataFrame({"a": aid, "t": ev["tier"]}).drop_nulls("t")
-                         .unique("a", keep="first"))
-                tiers = dict(zip(tiers["a"].to_list(), tiers["t"].to_list()))
-                tiers = [tiers.get(a) for a in new["a"].to_list()]
-            inc += self._add_accounts(new["a"].to_list(), new["ts"].to_numpy(), tiers)
+            if "tier" in ev.columns:             # an account's first non-null tier
+                tl = ev["tier"].to_list()
+                tier_of: dict[str, str] = {}
+                for j in rows:
+                    if tl[j] is not None:
+                        tier_of.setdefault(ids[j], tl[j])
+                tiers = [tier_of.get(a) for a in first_row]
+            inc += self._add_accounts(list(first_row), ts[list(first_row.values())], tiers)
             known = np.fromiter((index[a] for a in ids), np.int64, len(ids))
         acc = known
         if self.t0_ is None:
@@ -533,8 +538,7 @@ class OnlineDetector:
             for j, k in enumerate(key):
                 first.setdefault(k, j)
             usub = sub[[first[k] for k in todo]]
-            pred = predict_tasks(usub.with_columns(pl.col("prompt").fill_null("")),
-                                 self.classifier_)
+            pred = predict_tasks(usub, self.classifier_)     # null prompts count as ""
             code = {t: i for i, t in enumerate(TASKS)}
             for k, t, c, sn in zip(todo, pred["task"].to_list(),
                                    pred["cot_score"].to_list(),

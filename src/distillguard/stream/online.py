@@ -873,9 +873,11 @@ class OnlineDetector:
         if not membership.is_empty():
             online = {"mean_edge_kinds": lambda r: float(bin(int(self.gkinds_[r])).count("1")),
                       "shared_template_share": lambda r: self._group_template_share(groups[r])}
-            kinds = pl.DataFrame({"cluster_id": names} | {
-                k: [f(r) for r in in_grp] for k, f in online.items() if k in need})
-            cf = cf.join(kinds, on="cluster_id", how="left")
+            # in cf's row order (its clusters are exactly in_grp): columns, not a join
+            root_of = dict(zip(names, in_grp))
+            order = [root_of[c] for c in cf["cluster_id"].to_list()]
+            cf = cf.hstack([pl.Series(k, [f(r) for r in order], dtype=pl.Float64)
+                            for k, f in online.items() if k in need])
         return attach_cluster_features(feats, membership, cf)
 
     def _score_columns(self) -> set[str]:

@@ -99,6 +99,27 @@ def test_load_bad_file_is_input_error(tmp_path):
         TaskClassifier.load(tmp_path / "missing.npz")
 
 
+def test_word_tokens_match_the_regex_tokens():
+    """The numpy tokeniser of the word n-grams finds exactly ``str.extract_all(_WORD)``'s
+    tokens, on ASCII and on multi-byte, combining, joining and space characters."""
+    from distillguard.content.classify import _WORD, _word_tokens
+
+    texts = ["", "  ", None, "Hello, world!", "under_score foo-bar 3.14 $x$ (a+b)",
+             "héllo wörld İstanbul", "日本語のテキスト、句読点。", "a\u00a0b\u2003c\u3000d",
+             "emoji 😀👍🏽 ok", "zw\u200dj e\u0301\u0302", "tab\tnl\nvt\x0bff\x0cfs\x1cus\x1f!",
+             "\u2028\u2029\u0085nel", "١٢٣ ǅ ﬁ Ω≈ç√∫ …", "x" * 40 + "." + "é" * 30]
+    rng = np.random.default_rng(0)
+    alphabet = list("ab_9 .,\t\n") + ["é", "日", "\u00a0", "😀", "\u0301", "…", "\u3000"]
+    texts += ["".join(rng.choice(alphabet, size=int(n))) for n in rng.integers(0, 40, 200)]
+    s = pl.Series(texts, dtype=pl.String)
+    counts, tlen, data = _word_tokens(s)
+    ends = np.cumsum(tlen)
+    got = [bytes(data[e - n:e]).decode() for e, n in zip(ends.tolist(), tlen.tolist())]
+    want = s.fill_null("").str.extract_all(_WORD)
+    assert counts.tolist() == want.list.len().to_list()
+    assert got == want.explode().drop_nulls().to_list()
+
+
 def test_rule_fallback():
     got = rule_based_task([
         "Solve step by step: 2+2", "Rewrite this politically sensitive question into a "
@@ -143,6 +164,19 @@ def _campaign_frame():
     rows += [("b1", p) for p in chat]
     rows += [("e1", "What is the capital of France?")] * 25  # verbatim replay
     return pl.DataFrame(rows, schema=["account_id", "prompt"], orient="row")
+
+
+def test_whitespace_runs_pattern_equals_every_run():
+    """Replacing the whitespace runs other than a lone space gives the text that replacing
+    every ``\\s+`` run gives (normalize_prompts and the classifier rely on it)."""
+    from distillguard.content.templates import WS_RUNS
+
+    rng = np.random.default_rng(1)
+    alphabet = [" ", " ", "\t", "\n", "\u00a0", "\u3000", "\u2028", "a", "b", "é", "."]
+    texts = ["".join(rng.choice(alphabet, size=int(n))) for n in rng.integers(0, 30, 500)]
+    s = pl.Series(texts + ["", " ", "a b", " a  b ", None], dtype=pl.String)
+    assert s.str.replace_all(WS_RUNS, " ").equals(s.str.replace_all(r"\s+", " "))
+    assert (s.str.replace_all(WS_RUNS, " ") != s).any()
 
 
 def test_mine_templates_groups_wrappers_and_keeps_unrelated_apart():

@@ -76,6 +76,46 @@ def test_online_features_equal_batch(log_frames, learned):
         assert np.mean(np.abs(b - a) / np.maximum(a, 1)) < 0.15, c
 
 
+def test_cluster_frame_equals_the_full_member_features(learned):
+    """The live-cluster features the scorer reads come out the same from the member columns
+    alone as from every member's full features through the batch cluster features."""
+    from distillguard.cluster import cluster_features
+    from distillguard.detect import attach_cluster_features
+
+    det = learned
+    groups = det.groups()
+    assert groups, "the fixture log should form live clusters"
+    rng = np.random.default_rng(0)
+    idx = np.unique(np.concatenate([rng.choice(det.n_accounts_, 40, replace=False),
+                                    [m[0] for m in groups.values()]]))
+    got = det._cluster_frame(idx)
+    roots = sorted({det._find(int(i)) for i in idx} & set(groups))
+    extra = [m for r in roots for m in groups[r]]
+    membership = pl.DataFrame({"account_id": [det.ids_[i] for i in extra],
+                               "cluster_id": [det.cluster_name(r) for r in roots
+                                              for _ in groups[r]]})
+    cf = cluster_features(det.features(np.unique(np.r_[idx, extra])), membership,
+                          pl.DataFrame(), None)
+    cf = cf.join(pl.DataFrame({
+        "cluster_id": [det.cluster_name(r) for r in roots],
+        "mean_edge_kinds": [float(int(det.gkinds_[r]).bit_count()) for r in roots],
+        "shared_template_share": [det._group_template_share(groups[r]) for r in roots]}),
+        on="cluster_id", how="left")
+    want = attach_cluster_features(det.features(idx), membership, cf)
+    read = [s.feature for s in det.scorer_._signals().signals
+            if s.feature and s.feature.startswith("c_")]
+    have = [c for c in read if c in want.columns]
+    assert {"c_size", "c_med_valuable_share", "c_ips_per_account"} <= set(have)
+    assert (got["c_size"] > 1).sum() > 0
+    assert_frame_equal(got.select("account_id", "cluster_id", *have),
+                       want.select("account_id", "cluster_id", *have))
+    full = det.features(idx)
+    own = {s.feature for s in det.scorer_._signals().signals} & set(full.columns)
+    assert len(own) > 20
+    assert_frame_equal(got.select(full.select("account_id", *sorted(own)).columns),
+                       full.select("account_id", *sorted(own)))
+
+
 def test_learn_one_equals_learn_many(log_frames):
     ev, acc, rel = log_frames
     part = ev.head(150)
@@ -253,11 +293,12 @@ def test_iter_chunks_equals_slices(sim, tmp_path, log_frames):
     ev = log_frames[0]
     path = tmp_path / "ev.parquet"
     ev.write_parquet(path, row_group_size=777)
-    got = list(iter_chunks(path, 1000, skip=1500, schema=ev.schema))
-    assert sum(c.height for c in got) == ev.height - 1500
-    assert all(c.height == 1000 for c in got[:-1])
-    for k in (0, len(got) - 1):
-        assert_frame_equal(got[k], ev.slice(1500 + 1000 * k, 1000))
+    for size, skip in ((1000, 1500), (9000, 0), (7, 0)):
+        got = list(iter_chunks(path, size, skip=skip, schema=ev.schema))
+        assert sum(c.height for c in got) == ev.height - skip
+        assert all(c.height == size for c in got[:-1])
+        for k in sorted({0, min(1, len(got) - 1), len(got) // 2, len(got) - 1}):
+            assert_frame_equal(got[k], ev.slice(skip + size * k, size))
 
 
 def test_stream_section_errors_name_the_line(tmp_path):

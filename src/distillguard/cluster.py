@@ -14,6 +14,7 @@ with a ``c_`` prefix so the scorer sees an account together with its group.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import igraph as ig
@@ -153,43 +154,69 @@ def _entropy_norm(shares: np.ndarray, k: int = len(TASKS)) -> float:
     return float(-(s * np.log(s)).sum() / math.log(k))
 
 
+@functools.cache
+def _member_aggs() -> dict[str, pl.Expr]:
+    """Aggregates of a cluster's member features, by output column (built once; read
+    only)."""
+    return {
+        "size": pl.len(),
+        "exchanges": pl.col("n_exchanges").sum(),
+        "med_per_day": pl.col("per_day").median(),
+        "max_per_day_pct": pl.col("per_day_tier_pct").max(),
+        "payment_shared_share": (pl.col("payment_fingerprint").is_not_null()
+                                 & (pl.len().over("cluster_id", "payment_fingerprint") > 1))
+        .mean(),
+        "distinct_payments": pl.col("payment_fingerprint").n_unique(),
+        "email_top_share": (pl.col("email_domain").drop_nulls().unique_counts().max()
+                            / pl.len()).fill_null(0.0),
+        "verified_share": pl.col("verified").cast(pl.Float64).mean(),
+        "edu_startup_share": pl.col("tier").is_in(["education", "startup", "research"]).mean(),
+        "med_age_days": pl.col("age_days_at_first_use").median(),
+        "med_span_days": pl.col("span_days").median(),
+        "pivot_share": (pl.col("pivot_share") * pl.col("pivot_window_n").fill_null(0)).sum()
+        / pl.col("pivot_window_n").fill_null(0).sum().clip(lower_bound=1),
+        "med_single_turn": pl.col("single_turn_share").median(),
+        "med_hour_entropy": pl.col("hour_entropy").median(),
+        "med_thinking": pl.col("thinking_share").median(),
+        "med_cap": pl.col("max_tokens_cap_share").median(),
+        "med_keys_per_100": pl.col("keys_per_100").median(),
+        "med_valuable_share": pl.col("valuable_share").median(),
+        "med_cot_share": pl.col("cot_share").median(),
+        "med_template_reuse": pl.col("template_reuse_share").median(),
+        "med_shared_template": pl.col("shared_template_share").median(),
+        "ips_per_account": pl.col("n_ips").sum() / pl.len(),
+    }
+
+
+def member_columns_read(columns: set[str]) -> set[str]:
+    """Member feature columns that the cluster aggregates ``columns`` read."""
+    return {c for k, e in _member_aggs().items() if k in columns
+            for c in e.meta.root_names()}
+
+
+def member_aggregates(m: pl.DataFrame, columns: set[str] | None = None) -> pl.DataFrame:
+    """The member aggregates of :func:`cluster_features` (only ``columns`` and ``size``
+    when given) of ``m``: a ``cluster_id`` column and the member features, a row per member.
+    One row per cluster, in no particular order."""
+    aggs = _member_aggs()
+    if columns is not None:
+        aggs = {k: e for k, e in aggs.items() if k in columns or k == "size"}
+    return m.group_by("cluster_id").agg(**aggs)
+
+
 def cluster_features(features: pl.DataFrame, membership: pl.DataFrame, edges: pl.DataFrame,
-                     sample: pl.DataFrame | None) -> pl.DataFrame:
+                     sample: pl.DataFrame | None, *,
+                     columns: set[str] | None = None) -> pl.DataFrame:
     """One row per cluster: coordination and concentration of the group as a whole.
 
-    ``features``: per-account features (fingerprint + content). ``sample``: sampled events
+    ``features``: per-account features (fingerprint + content); with ``columns``, only the
+    member aggregates of those names are computed (``size`` always), and ``features`` needs
+    only the columns they read (:func:`member_columns_read`). ``sample``: sampled events
     with ``account_id, ts, template_id, task`` (or None).
     """
     if membership.is_empty():
         return pl.DataFrame(schema={"cluster_id": pl.String, "size": pl.UInt32})
-    m = membership.join(features, on="account_id", how="left")
-    agg = m.group_by("cluster_id").agg(
-        size=pl.len(),
-        exchanges=pl.col("n_exchanges").sum(),
-        med_per_day=pl.col("per_day").median(),
-        max_per_day_pct=pl.col("per_day_tier_pct").max(),
-        payment_shared_share=(pl.col("payment_fingerprint").is_not_null()
-                              & (pl.len().over("cluster_id", "payment_fingerprint") > 1)).mean(),
-        distinct_payments=pl.col("payment_fingerprint").n_unique(),
-        email_top_share=(pl.col("email_domain").drop_nulls().unique_counts().max()
-                         / pl.len()).fill_null(0.0),
-        verified_share=pl.col("verified").cast(pl.Float64).mean(),
-        edu_startup_share=pl.col("tier").is_in(["education", "startup", "research"]).mean(),
-        med_age_days=pl.col("age_days_at_first_use").median(),
-        med_span_days=pl.col("span_days").median(),
-        pivot_share=(pl.col("pivot_share") * pl.col("pivot_window_n").fill_null(0)).sum()
-        / pl.col("pivot_window_n").fill_null(0).sum().clip(lower_bound=1),
-        med_single_turn=pl.col("single_turn_share").median(),
-        med_hour_entropy=pl.col("hour_entropy").median(),
-        med_thinking=pl.col("thinking_share").median(),
-        med_cap=pl.col("max_tokens_cap_share").median(),
-        med_keys_per_100=pl.col("keys_per_100").median(),
-        med_valuable_share=pl.col("valuable_share").median(),
-        med_cot_share=pl.col("cot_share").median(),
-        med_template_reuse=pl.col("template_reuse_share").median(),
-        med_shared_template=pl.col("shared_template_share").median(),
-        ips_per_account=pl.col("n_ips").sum() / pl.len(),
-    )
+    agg = member_aggregates(membership.join(features, on="account_id", how="left"), columns)
     # edges inside clusters: how many kinds of coordination tie the members
     if not edges.is_empty():
         inner = (edges.join(membership.rename({"account_id": "src", "cluster_id": "c1"}),

@@ -15,10 +15,12 @@ excluding the two wrapper classes), ``cot_score`` and ``sensitive_score`` (the m
 probabilities of the wrapper classes, or 0/1 keyword rules without a model).
 
 Features are stateless (hashed word 1-2-grams of the first/last characters plus hashed
-UTF-8 byte 3-4-grams of the first characters); the model is linear. Hashing is done in numpy
-over the Arrow buffers of a whole batch (FNV-1a for byte n-grams, tabulation hashing for
-words; fixed constants, so a model file gives
-the same features on any platform and library version); there is no Python loop per text.
+UTF-8 byte 3-4-grams of the first characters); the model is linear. Tokenising and hashing
+are done in numpy over the Arrow buffers of a whole batch (word tokens: those of the regex
+``_WORD``, found on the bytes, each distinct character's class asked of polars' regex engine
+once; FNV-1a for byte n-grams, tabulation hashing for words; fixed constants, so a model file
+gives the same features on any platform and library version); there is no Python loop per
+text.
 The file format is an ``.npz`` with no pickled objects: ``coef`` (float16), ``intercept``
 and a JSON ``header``.
 """
@@ -37,6 +39,7 @@ import scipy.sparse as sp
 
 from ..errors import InputError
 from ..schema import TASKS
+from .templates import WS_RUNS
 
 __all__ = [
     "TaskClassifier", "load_default", "rule_based_task", "cot_score", "sensitive_score",
@@ -215,29 +218,113 @@ def _byte_ngrams(s: pl.Series, n: int) -> tuple[np.ndarray, np.ndarray]:
     return np.maximum(end - start - n + 1, 0), h[valid]
 
 
-def _word_ngrams(tokens: pl.Series) -> tuple[np.ndarray, np.ndarray]:
-    """Word unigrams and bigrams of a List(String) Series: (uni counts per row, uni hashes,
-    bi counts per row, bi hashes), hashes in row order.
+class _CharClasses:
+    """Class of each character for the ``_WORD`` tokens: 0 space (``\\s``), 1 word
+    (``\\w``), 2 other — as polars' regex engine says, asked once per distinct character.
+
+    ``ascii`` is a table by byte; other characters are keyed by their UTF-8 bytes packed
+    little-endian into an int, the known ones in one sorted array, grown when a batch brings
+    new ones.
+    """
+
+    def __init__(self) -> None:
+        # (sorted keys, their classes) in one attribute: replaced whole, never mutated, so
+        # that a thread reading it while another adds characters sees a consistent pair
+        self.known = (np.zeros(0, np.int64), np.zeros(0, np.int8))
+        ascii_ = np.zeros(256, np.int8)
+        ascii_[:128] = self._ask(np.arange(128, dtype=np.int64))
+        self.ascii = ascii_
+
+    @staticmethod
+    def _ask(keys: np.ndarray) -> np.ndarray:
+        chars = pl.Series([int(k).to_bytes(4, "little").rstrip(b"\0").decode("utf-8")
+                           if k else "\0" for k in keys.tolist()], dtype=pl.String)
+        return np.where(chars.str.contains(r"^\w$").to_numpy(), 1,
+                        np.where(chars.str.contains(r"^\s$").to_numpy(), 0, 2)).astype(np.int8)
+
+    def classify(self, keys: np.ndarray) -> np.ndarray:
+        """Classes of the non-ASCII characters ``keys`` (any order, repeats allowed)."""
+        uq, inv = np.unique(keys, return_inverse=True)
+        known_keys, known_cls = self.known
+        pos = np.minimum(known_keys.searchsorted(uq), max(len(known_keys) - 1, 0))
+        hit = (known_keys[pos] == uq) if len(known_keys) else np.zeros(len(uq), bool)
+        if not hit.all():
+            keys_all = np.concatenate([known_keys, uq[~hit]])
+            o = np.argsort(keys_all, kind="stable")
+            known_keys = keys_all[o]
+            known_cls = np.concatenate([known_cls, self._ask(uq[~hit])])[o]
+            self.known = (known_keys, known_cls)
+            pos = known_keys.searchsorted(uq)
+        return known_cls[pos][inv]
+
+
+_CHAR_CLASSES: _CharClasses | None = None
+
+
+def _word_tokens(s: pl.Series) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The ``_WORD`` tokens of each string (as ``str.extract_all(_WORD)``: runs of word
+    characters and single other characters, whitespace dropped), found in numpy on the UTF-8
+    bytes: (tokens per row, token lengths in bytes, the tokens' bytes one after another)."""
+    global _CHAR_CLASSES
+    if _CHAR_CLASSES is None:
+        _CHAR_CLASSES = _CharClasses()
+    data, offs = _arrow_bytes(s.fill_null(""))
+    lo, hi = int(offs[0]), int(offs[-1])
+    d = data[lo:hi]
+    nb = hi - lo
+    cls = _CHAR_CLASSES.ascii[d]                       # each byte: its character's class
+    lead = d < 0x80                                    # first byte of a character
+    wide = np.flatnonzero(d >= 0xC0)                   # first bytes of multi-byte characters
+    if len(wide):
+        lead |= d >= 0xC0
+        pad = np.concatenate([d, np.zeros(3, np.uint8)]).astype(np.int64)
+        ln = np.where(d[wide] >= 0xF0, 4, np.where(d[wide] >= 0xE0, 3, 2))
+        key = pad[wide].copy()
+        for j in (1, 2, 3):
+            key |= np.where(ln > j, pad[wide + j], 0) << (8 * j)
+        cls[np.repeat(wide, ln) + (np.arange(int(ln.sum())) - np.repeat(np.cumsum(ln) - ln,
+                                                                        ln))] = \
+            np.repeat(_CHAR_CLASSES.classify(key), ln)
+    # a token begins at an "other" character and at a word character that opens a run (at a
+    # string start or after a non-word character); tokens cover exactly the non-space bytes,
+    # so the i-th token ends at the i-th byte followed by a space, a new token, a new string
+    # or the end
+    row_start = np.zeros(nb + 1, bool)
+    row_start[offs - lo] = True
+    in_tok = cls != 0
+    prev_word = np.zeros(nb, bool)
+    prev_word[1:] = cls[:-1] == 1
+    begin = lead & ((cls == 2) | ((cls == 1) & (row_start[:nb] | ~prev_word)))
+    stop = np.ones(nb + 1, bool)
+    stop[:nb] = begin | ~in_tok
+    stop |= row_start
+    tstart = np.flatnonzero(begin)
+    tend = np.flatnonzero(in_tok & stop[1:]) + 1
+    counts = np.diff(np.searchsorted(tstart, offs - lo)).astype(np.int64)
+    return counts, tend - tstart, d[in_tok]
+
+
+def _word_ngrams(s: pl.Series) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Word unigrams and bigrams of each string's ``_WORD`` tokens: (uni counts per row, uni
+    hashes, bi counts per row, bi hashes), hashes in row order.
 
     A token's hash is the XOR of table entries for (position, byte) of its first
     ``_TOKEN_BYTES`` bytes and one for its length (tabulation hashing, vectorised with
     ``bitwise_xor.reduceat``).
     """
-    counts = tokens.list.len().fill_null(0).to_numpy().astype(np.int64)
-    flat = tokens.explode(empty_as_null=False).drop_nulls()
-    flat = flat.filter(flat.str.len_bytes() > 0)
-    data, offs = _arrow_bytes(flat)
-    lo = int(offs[0])
-    start, tlen = offs[:-1] - lo, np.diff(offs)
-    if len(start) == 0:
+    counts, tlen, data = _word_tokens(s)
+    if len(tlen) == 0:
         z = np.zeros(len(counts), np.int64)
         return z, np.zeros(0, np.uint64), z, np.zeros(0, np.uint64)
-    nb = int(offs[-1]) - lo
-    k = np.arange(nb, dtype=np.int32) - np.repeat(start.astype(np.int32), tlen)
+    # the tokens' bytes, one after another, and each byte's position in its token
+    cum = np.zeros(len(tlen) + 1, np.int64)
+    np.cumsum(tlen, out=cum[1:])
+    nb = int(cum[-1])
+    k = np.arange(nb, dtype=np.int32) - np.repeat(cum[:-1].astype(np.int32), tlen)
     np.minimum(k, _TOKEN_BYTES, out=k)
     k <<= 8
-    k += data[lo:lo + nb]
-    h = np.bitwise_xor.reduceat(_TAB_WORDS[k], start)
+    k += data
+    h = np.bitwise_xor.reduceat(_TAB_WORDS[k], cum[:-1])
     h = _avalanche(h ^ (np.minimum(tlen, 4095).astype(np.uint64) << np.uint64(52)))
     row = np.repeat(np.arange(len(counts), dtype=np.int64), counts)
     same = row[1:] == row[:-1]
@@ -292,28 +379,30 @@ class TaskClassifier:
         self.seed = seed
 
     # -- features
-    def _blocks(self, texts) -> tuple[sp.csr_matrix, sp.csr_matrix]:
+    def _blocks(self, texts, narrow: bool = False) -> tuple[sp.csr_matrix, sp.csr_matrix]:
         """(word block, byte block): each (n_texts, n_features), counts l2-normalised per row.
 
         ``transform`` is their sum. Each block is the sum of two unsorted CSR pieces
         (uni/bigrams, 3/4-grams), which scipy's general CSR addition folds into one entry per
-        feature, so the l2 norms are exact without any sort.
+        feature, so the l2 norms are exact without any sort. ``narrow``: each block only as
+        wide as its half of the features (columns from 0), the same entries in the same order
+        — scipy's addition takes a workspace as wide as the matrix.
         """
         s = _as_series(texts)
         h, t = self.head_chars, self.tail_chars
         df = pl.DataFrame({"t": s}).select(
             pl.when(pl.col("t").str.len_chars() > h + t)
             .then(pl.col("t").str.slice(0, h) + pl.lit(" … ") + pl.col("t").str.slice(-t))
-            .otherwise(pl.col("t")).str.to_lowercase()
-            .str.extract_all(_WORD).alias("w"),
+            .otherwise(pl.col("t")).str.to_lowercase().alias("w"),
             (pl.lit(" ") + pl.col("t").str.slice(0, self.char_chars).str.to_lowercase()
-             .str.replace_all(r"\s+", " ") + pl.lit(" ")).alias("c"),
+             .str.replace_all(WS_RUNS, " ") + pl.lit(" ")).alias("c"),
         )
         half, n = self.n_features // 2, self.n_features
         c1, h1, c2, h2 = _word_ngrams(df["w"])
         (c3, h3), (c4, h4) = _byte_ngrams(df["c"], 3), _byte_ngrams(df["c"], 4)
-        xw = _piece(c1, h1, 0, half, n) + _piece(c2, h2, 0, half, n)
-        xc = _piece(c3, h3, half, n - half, n) + _piece(c4, h4, half, n - half, n)
+        ww, wc, off = (half, n - half, 0) if narrow else (n, n, half)
+        xw = _piece(c1, h1, 0, half, ww) + _piece(c2, h2, 0, half, ww)
+        xc = _piece(c3, h3, off, n - half, wc) + _piece(c4, h4, off, n - half, wc)
         return _l2(xw), _l2(xc)
 
     def transform(self, texts) -> sp.csr_matrix:
@@ -346,8 +435,10 @@ class TaskClassifier:
 
     def decision_function(self, texts) -> np.ndarray:
         coef_t = np.ascontiguousarray(self.coef_.T)
-        xw, xc = self._blocks(texts)
-        return np.asarray(xw @ coef_t) + np.asarray(xc @ coef_t) + self.intercept_
+        half = self.n_features // 2
+        xw, xc = self._blocks(texts, narrow=True)
+        return (np.asarray(xw @ coef_t[:half]) + np.asarray(xc @ coef_t[half:])
+                + self.intercept_)
 
     def predict_proba(self, texts) -> np.ndarray:
         """One-vs-rest sigmoid scores normalised to sum to 1 (as scikit-learn's SGD)."""

@@ -32,6 +32,9 @@ _DQUOTE = r"\"[^\"\n]{0,200}\"|“[^”\n]{0,200}”|«[^»\n]{0,200}»"
 _SQUOTE = r"(^|[\s(\[{:=,])'[^'\n]{1,200}'"
 _NUM = r"[-+]?(?:\d[\d,_]*\.?\d*(?:[eE][-+]?\d+)?|\.\d+)"
 _TOKEN = r"<\w+>|\w+"
+# whitespace runs other than a lone space: replaced by " ", the same text as replacing every
+# run (``\s+``), with a fraction of the replacements (most runs are one space)
+WS_RUNS = r"\x20\s+|[\s--\x20]\s*"
 
 _TAIL_SALT = np.uint64(0x9E3779B97F4A7C15)
 
@@ -51,7 +54,7 @@ def normalize_prompts(s: pl.Series) -> pl.Series:
         .str.replace_all(_SQUOTE, "${1} <str> ")
         .str.to_lowercase()
         .str.replace_all(_NUM, " <num> ")
-        .str.replace_all(r"\s+", " ")
+        .str.replace_all(WS_RUNS, " ")
         .str.strip_chars()
     )
     return pl.DataFrame({"_s": s.cast(pl.String)}).select(e)["_s"].alias(s.name)

@@ -28,11 +28,12 @@ import math
 
 import numpy as np
 import polars as pl
+import pyarrow as pa
 
-from ..cluster import cluster_features
+from ..cluster import cluster_features, member_aggregates, member_columns_read
 from ..content import load_default, normalize_prompts, predict_tasks
 from ..content_signals import VALUABLE_TASKS
-from ..detect import attach_cluster_features, load_scorer
+from ..detect import CLUSTER_PREFIX, attach_cluster_features, load_scorer
 from ..fingerprint import DAILY_MAX_MIN_COUNT, DAILY_MAX_MIN_DAYS, LIGHTLY_VERIFIED_TIERS
 from ..schema import EVENT_SCHEMA, TASKS, conform
 from ..signals import load_signals
@@ -51,6 +52,10 @@ MAX_RELEASES = 16
 CACHE_MAX = 1 << 15           # classifier answers / template ids cached (by text hash)
 VERDICT_CODE = {"benign": 0, "suspicious": 1, "attack": 2}
 VERDICT_NAME = np.array(["benign", "suspicious", "attack"])
+# feature columns computed for every member of a rescored account's live cluster
+MEMBER_COLUMNS = frozenset({"n_exchanges", "n_ips", "pivot_share", "pivot_window_n", "tier",
+                            "verified", "age_days_at_first_use", "valuable_share",
+                            "payment_fingerprint", "email_domain"})
 KINDS = ("ip", "ip_prefix", "client", "payment", "email_domain", "signup_burst",
          "system_prompt", "tool_schema", "template")
 _US = 1_000_000
@@ -327,15 +332,20 @@ class OnlineDetector:
         ts = ev["ts"].dt.epoch("us").to_numpy().astype(np.int64)
         inc: list[tuple] = []
         if (known == -1).any():
-            new = (pl.DataFrame({"a": aid, "k": known, "ts": ts}).filter(pl.col("k") == -1)
-                   .group_by("a", maintain_order=True).agg(pl.col("ts").first()))
+            # new accounts in order of first appearance, each with its first event's row
+            rows = np.flatnonzero(known == -1).tolist()
+            first_row: dict[str, int] = {}
+            for j in rows:
+                first_row.setdefault(ids[j], j)
             tiers = None
-            if "tier" in ev.columns:
-                tiers = (pl.DataFrame({"a": aid, "t": ev["tier"]}).drop_nulls("t")
-                         .unique("a", keep="first"))
-                tiers = dict(zip(tiers["a"].to_list(), tiers["t"].to_list()))
-                tiers = [tiers.get(a) for a in new["a"].to_list()]
-            inc += self._add_accounts(new["a"].to_list(), new["ts"].to_numpy(), tiers)
+            if "tier" in ev.columns:             # an account's first non-null tier
+                tl = ev["tier"].to_list()
+                tier_of: dict[str, str] = {}
+                for j in rows:
+                    if tl[j] is not None:
+                        tier_of.setdefault(ids[j], tl[j])
+                tiers = [tier_of.get(a) for a in first_row]
+            inc += self._add_accounts(list(first_row), ts[list(first_row.values())], tiers)
             known = np.fromiter((index[a] for a in ids), np.int64, len(ids))
         acc = known
         if self.t0_ is None:
@@ -537,8 +547,7 @@ class OnlineDetector:
             for j, k in enumerate(key):
                 first.setdefault(k, j)
             usub = sub[[first[k] for k in todo]]
-            pred = predict_tasks(usub.with_columns(pl.col("prompt").fill_null("")),
-                                 self.classifier_)
+            pred = predict_tasks(usub, self.classifier_)     # null prompts count as ""
             code = {t: i for i, t in enumerate(TASKS)}
             for k, t, c, sn in zip(todo, pred["task"].to_list(),
                                    pred["cot_score"].to_list(),
@@ -570,42 +579,44 @@ class OnlineDetector:
         ph = ph.tolist()
         if len(cache) + len(ph) > CACHE_MAX:
             cache.clear()
-        miss = [j for j, h in enumerate(ph) if h not in cache]
-        if miss:
-            new = normalize_prompts(prompts.gather(miss)).hash(seed=3).to_list()
-            cache.update(zip((ph[j] for j in miss), new))
+        first: dict[int, int] = {}                # a prompt sent twice is normalised once
+        for j, h in enumerate(ph):
+            if h not in cache:
+                first.setdefault(h, j)
+        if first:
+            new = normalize_prompts(prompts.gather(list(first.values()))).hash(seed=3)
+            cache.update(zip(first, new.to_list()))
         return [cache[h] for h in ph]
 
     def _hh_add_many(self, acc: list[int], tids: list[int]) -> None:
         """Misra-Gries heavy hitters of each account's templates (HH_K counters), fed the
         templates in order: a known one counts up, a new one takes a free slot, and with
         none free every counter counts down."""
-        rows: dict[int, tuple[list, list]] = {}
-        new_slots: list[tuple[int, int]] = []
+        ua = list(dict.fromkeys(acc))
+        rows = dict(zip(ua, zip(self.hh_id_[ua].tolist(), self.hh_cnt_[ua].tolist())))
+        new_a: list[int] = []
+        new_j: list[int] = []
         for a, t in zip(acc, tids):
-            r = rows.get(a)
-            if r is None:
-                r = rows[a] = (self.hh_id_[a].tolist(), self.hh_cnt_[a].tolist())
-            ids, cnt = r
-            for j in range(HH_K):
-                if cnt[j] > 0 and ids[j] == t:
+            ids, cnt = rows[a]
+            if t in ids:
+                # the first live slot holding t (a slot counted down to 0 may hold it too)
+                j = ids.index(t)
+                while j < HH_K and not (cnt[j] > 0 and ids[j] == t):
+                    j += 1
+                if j < HH_K:
                     cnt[j] += 1
-                    break
+                    continue
+            if 0 in cnt:
+                j = cnt.index(0)
+                ids[j], cnt[j] = t, 1
+                new_a.append(a)
+                new_j.append(j)
             else:
-                for j in range(HH_K):
-                    if cnt[j] == 0:
-                        ids[j], cnt[j] = t, 1
-                        new_slots.append((a, j))
-                        break
-                else:
-                    for j in range(HH_K):
-                        cnt[j] -= 1
-        for a, (ids, cnt) in rows.items():
-            self.hh_id_[a] = ids
-            self.hh_cnt_[a] = cnt
-        if new_slots:
-            a, j = zip(*new_slots)
-            self.hh_flag_[list(a), list(j)] = 0
+                cnt[:] = [c - 1 for c in cnt]
+        self.hh_id_[ua] = [rows[a][0] for a in ua]
+        self.hh_cnt_[ua] = [rows[a][1] for a in ua]
+        if new_a:
+            self.hh_flag_[new_a, new_j] = 0
 
     # -- linking ---------------------------------------------------------------------------
     def _find(self, x: int) -> int:
@@ -717,8 +728,9 @@ class OnlineDetector:
         return {r: m for r, m in self.members_.items() if len(m) >= self.min_size_}
 
     # -- features and scoring --------------------------------------------------------------
-    def features(self, idx: np.ndarray) -> pl.DataFrame:
-        """Batch feature columns (fingerprint + content) for account indices ``idx``."""
+    def features(self, idx: np.ndarray, columns: set[str] | None = None) -> pl.DataFrame:
+        """Batch feature columns (fingerprint + content) for account indices ``idx`` (only
+        ``account_id`` and ``columns`` when given)."""
         self._init()
         idx = np.asarray(idx, dtype=np.int64)
         C = {k: v[idx].astype(np.float64) for k, v in self.c_.items()}
@@ -736,15 +748,9 @@ class OnlineDetector:
             out_in = np.nan_to_num(F["out_tok"] / F["in_tok"], posinf=0.0)
         est = dict(zip(HLL_KINDS, np.round(_hll_estimate(self.hll_[:, idx]))))
         hour = self.hour_[idx].astype(np.float64)
-        win = self.win_[idx].astype(np.float64)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            shares = np.where(win[:, :, 0] > 0, win[:, :, 1] / win[:, :, 0], np.nan)
-        pivot = np.nan_to_num(np.nanmax(np.where(np.isnan(shares), -1, shares), axis=1),
-                              nan=0.0).clip(min=0.0)
+        mc = self._member_columns(idx)
         tiers = np.array(self.tiers_, dtype=object)[self.meta_["tier"][idx]]
-        cls = np.maximum(C["cls_n"], 1)
-        task = self.task_[idx].astype(np.float64) / cls[:, None]
-        valuable = task[:, [TASKS.index(t) for t in VALUABLE_TASKS]].sum(axis=1)
+        cls, task = self._task_shares(idx)
         reuse, shared = self._template_shares(idx, cls)
         per_day = C["n"] / days
         # daily_max_share as fingerprint.rhythm: the current day counts as it stands
@@ -754,7 +760,7 @@ class OnlineDetector:
                              at_top / days, 0.0)
         cols = {
             "account_id": pl.Series([self.ids_[i] for i in idx], dtype=pl.String),
-            "n_exchanges": C["n"].astype(np.int64), "active_days": C["days"].astype(np.int64),
+            "n_exchanges": mc["n_exchanges"], "active_days": C["days"].astype(np.int64),
             "per_day": per_day,
             "per_day_tier_pct": self._tier_pct(idx, per_day),
             "daily_max_share": daily_max,
@@ -775,30 +781,60 @@ class OnlineDetector:
                                           np.nan),
             "mean_output_tokens": np.where(F["out_n"] > 0,
                                            F["out_tok"] / np.maximum(F["out_n"], 1), np.nan),
-            "n_keys": est["keys"], "n_ips": est["ips"], "n_prefixes": est["prefixes"],
+            "n_keys": est["keys"], "n_ips": mc["n_ips"], "n_prefixes": est["prefixes"],
             "n_asns": est["asns"], "n_countries": est["countries"],
             "n_clients": est["clients"], "n_models": est["models"],
-            "keys_per_100": 100.0 * est["keys"] / n, "ips_per_100": 100.0 * est["ips"] / n,
-            "pivot_share": pivot, "pivot_window_n": win[:, :, 0].max(axis=1),
-            "tier": pl.Series(tiers.tolist(), dtype=pl.String),
+            "keys_per_100": 100.0 * est["keys"] / n, "ips_per_100": 100.0 * mc["n_ips"] / n,
+            "pivot_share": mc["pivot_share"], "pivot_window_n": mc["pivot_window_n"],
+            "tier": mc["tier"],
             "risky_tier": np.isin(tiers, LIGHTLY_VERIFIED_TIERS).astype(np.float64),
-            "verified": self.meta_["verified"][idx],
-            "age_days_at_first_use": np.trunc((F["first_ts"] - F["created_at"]) / _US)
-            / 86400.0,
+            "verified": mc["verified"], "age_days_at_first_use": mc["age_days_at_first_use"],
             "country_mismatch_share": C["mismatch"] / n,
             "cot_share": C["cot"] / cls, "sensitive_share": C["sens"] / cls,
-            "valuable_share": valuable, "top_task_share": task.max(axis=1),
+            "valuable_share": mc["valuable_share"], "top_task_share": task.max(axis=1),
             "task_entropy": _entropy_rows(task, len(TASKS)),
             "template_reuse_share": reuse, "shared_template_share": shared,
             **{f"share_{t}": task[:, i] for i, t in enumerate(TASKS)},
+            "payment_fingerprint": mc["payment_fingerprint"],
+            "email_domain": mc["email_domain"],
+        }
+        # from Series: a dict of numpy arrays costs ~4x as much to turn into a frame
+        return pl.DataFrame([pl.Series(k, v) for k, v in cols.items()
+                             if columns is None or k in columns or k == "account_id"])
+
+    def _task_shares(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(classified prompts, at least 1; task shares) of accounts ``idx``."""
+        cls = np.maximum(self.c_["cls_n"][idx].astype(np.float64), 1)
+        return cls, self.task_[idx].astype(np.float64) / cls[:, None]
+
+    def _member_columns(self, idx: np.ndarray) -> dict:
+        """Feature columns :data:`MEMBER_COLUMNS` of accounts ``idx`` (those the scorer's
+        live-cluster aggregates read): computed for every member of a rescored account's
+        cluster, and the same code gives :meth:`features` these columns."""
+        F = self.f_
+        win = self.win_[idx].astype(np.float64)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            shares = np.where(win[:, :, 0] > 0, win[:, :, 1] / win[:, :, 0], np.nan)
+        pivot = np.nan_to_num(np.nanmax(np.where(np.isnan(shares), -1, shares), axis=1),
+                              nan=0.0).clip(min=0.0)
+        task = self._task_shares(idx)[1]
+        cols = {
+            "n_exchanges": self.c_["n"][idx].astype(np.int64),
+            "n_ips": np.round(_hll_estimate(self.hll_[HLL_KINDS.index("ips"), idx])),
+            "pivot_share": pivot, "pivot_window_n": win[:, :, 0].max(axis=1),
+            "tier": pl.Series(np.array(self.tiers_, dtype=object)[self.meta_["tier"][idx]]
+                              .tolist(), dtype=pl.String),
+            "verified": self.meta_["verified"][idx],
+            "age_days_at_first_use": np.trunc((F["first_ts"][idx] - F["created_at"][idx])
+                                              / _US) / 86400.0,
+            "valuable_share": task[:, [TASKS.index(t) for t in VALUABLE_TASKS]].sum(axis=1),
         }
         # account fields the batch cluster features read (compared for equality only:
         # their 64-bit hashes stand in for the strings, null when absent)
         for name, key in (("payment_fingerprint", "paykey"), ("email_domain", "emailkey")):
-            cols[name] = pl.Series([k or None for k in self.meta_[key][idx].tolist()],
-                                   dtype=pl.UInt64)
-        # from Series: a dict of numpy arrays costs ~4x as much to turn into a frame
-        return pl.DataFrame([pl.Series(k, v) for k, v in cols.items()])
+            k = self.meta_[key][idx]
+            cols[name] = pl.Series(name, pa.array(k, mask=k == 0))
+        return cols
 
     def _template_shares(self, idx, cls) -> tuple[np.ndarray, np.ndarray]:
         ids, cnt = self.hh_id_[idx], self.hh_cnt_[idx].astype(np.float64)
@@ -851,42 +887,75 @@ class OnlineDetector:
             out[sel] = (lo + (hi - lo + 1) / 2.0) / max(len(pop), 1)
         return out
 
-    def _cluster_frame(self, idx: np.ndarray) -> tuple[pl.DataFrame, np.ndarray]:
-        """Features of ``idx`` plus their live clusters' members, with ``c_*`` attached."""
+    def _cluster_frame(self, idx: np.ndarray) -> pl.DataFrame:
+        """The features the scorer reads of accounts ``idx`` (sorted, distinct), with their
+        live clusters' ``c_*``.
+
+        Only the cluster features the scorer reads are computed (``c_size`` always), and
+        the other members of the clusters contribute only the columns those read
+        (:meth:`_member_columns`; every feature when the signal file asks for more): a
+        live group has up to hundreds of members, rescored one at a time.
+        """
         groups = self.groups()
         roots = np.array([self._find(int(i)) for i in idx], dtype=np.int64)
         in_grp = sorted({int(r) for r in roots if int(r) in groups})
-        extra = [m for r in in_grp for m in groups[r]]
-        allidx = np.unique(np.concatenate([idx, np.array(extra, dtype=np.int64)]))
-        feats = self.features(allidx)
+        extra = np.array([m for r in in_grp for m in groups[r]], dtype=np.int64)
+        need, read = self._cluster_columns()
+        feats = self.features(idx, self._score_columns())
         names = [self.cluster_name(r) for r in in_grp]
         membership = pl.DataFrame({
-            "account_id": pl.Series([self.ids_[i] for i in extra], dtype=pl.String),
+            "account_id": pl.Series([self.ids_[i] for i in extra.tolist()], dtype=pl.String),
             "cluster_id": pl.Series([nm for r, nm in zip(in_grp, names)
                                      for _ in groups[r]], dtype=pl.String)})
-        cf = cluster_features(feats, membership, pl.DataFrame(), None)
+        if membership.is_empty():
+            cf = cluster_features(feats, membership, pl.DataFrame(), None)
+        elif MEMBER_COLUMNS.issuperset(read):
+            # the members' rows in membership order: the frame cluster_features would join
+            mc = self._member_columns(extra)
+            cf = member_aggregates(membership.hstack([pl.Series(k, mc[k]) for k in read]),
+                                   need)
+        else:
+            cf = cluster_features(self.features(np.unique(np.concatenate([idx, extra]))),
+                                  membership, pl.DataFrame(), None, columns=need)
         if not membership.is_empty():
-            kinds = pl.DataFrame({
-                "cluster_id": names,
-                "mean_edge_kinds": [float(bin(int(self.gkinds_[r])).count("1"))
-                                    for r in in_grp],
-                "shared_template_share": [self._group_template_share(groups[r])
-                                          for r in in_grp]})
-            cf = cf.join(kinds, on="cluster_id", how="left")
-        feats = attach_cluster_features(feats, membership, cf)
-        return feats, allidx
+            online = {"mean_edge_kinds": lambda r: float(bin(int(self.gkinds_[r])).count("1")),
+                      "shared_template_share": lambda r: self._group_template_share(groups[r])}
+            # in cf's row order (its clusters are exactly in_grp): columns, not a join
+            root_of = dict(zip(names, in_grp))
+            order = [root_of[c] for c in cf["cluster_id"].to_list()]
+            cf = cf.hstack([pl.Series(k, [f(r) for r in order], dtype=pl.Float64)
+                            for k, f in online.items() if k in need])
+        return attach_cluster_features(feats, membership, cf)
+
+    def _score_columns(self) -> set[str]:
+        """Account feature columns the scorer's signals read."""
+        if not hasattr(self, "score_columns_"):
+            self.score_columns_ = {s.feature for s in self.scorer_._signals().signals
+                                   if s.feature and not s.feature.startswith(CLUSTER_PREFIX)}
+        return self.score_columns_
+
+    def _cluster_columns(self) -> tuple[set[str], list[str]]:
+        """Cluster features the scorer's signals read (without the ``c_`` prefix) with
+        ``size`` (``Scorer.cap_solo``), and the member feature columns they read."""
+        if not hasattr(self, "cluster_columns_"):
+            need = {"size"} | {
+                s.feature[len(CLUSTER_PREFIX):] for s in self.scorer_._signals().signals
+                if s.feature and s.feature.startswith(CLUSTER_PREFIX)}
+            self.cluster_columns_ = (need, sorted(member_columns_read(need)
+                                                  - {"cluster_id", "account_id"}))
+        return self.cluster_columns_
 
     def _group_template_share(self, members: list[int]) -> float:
         m = np.array(members)
         ids, cnt = self.hh_id_[m].ravel(), self.hh_cnt_[m].ravel()
-        acc = np.repeat(np.arange(len(m)), HH_K)
         keep = cnt > 0
         if not keep.any():
             return 0.0
         uq, inv = np.unique(ids[keep], return_inverse=True)
         n = np.bincount(inv, weights=cnt[keep], minlength=len(uq)).astype(np.int64)
-        pairs = np.unique(inv.astype(np.int64) * len(m) + acc[keep])   # (template, account)
-        n_acc = np.bincount(pairs // len(m), minlength=len(uq))
+        # accounts per template: an account's sketch holds a template in one live slot at
+        # most (_hh_add_many counts up the live slot before it takes a free one)
+        n_acc = np.bincount(inv, minlength=len(uq))
         tot = int(n.sum())
         return float(int(n[n_acc >= 2].sum()) / tot) if tot else 0.0
 
@@ -906,9 +975,7 @@ class OnlineDetector:
                                         "score": pl.Float64, "verdict": pl.String,
                                         "reasons": pl.String, "cluster_id": pl.String,
                                         "exchanges_seen": pl.Int64})
-        feats, allidx = self._cluster_frame(idx)
-        sel = np.isin(allidx, idx)
-        feats = feats.filter(pl.Series(sel))
+        feats = self._cluster_frame(idx)
         res = self.scorer_.run(feats)
         t_att = self.signals_.stream.attack_threshold
         if t_att is not None:  # calibrated on online scores (tools/fit_stream.py)

@@ -26,7 +26,6 @@ from pathlib import Path
 import numpy as np
 import orjson
 import polars as pl
-import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..act import decide, load_policy
@@ -102,35 +101,32 @@ def iter_chunks(path: Path, chunk_size: int, *, skip: int = 0, schema=None):
     """Consecutive ``chunk_size``-row frames of a Parquet file, from row ``skip`` on.
 
     One sequential pass over the file's record batches (a ``slice`` of a Parquet scan per
-    chunk re-reads the file from its start: 0.1 s a chunk on the demo log).
+    chunk re-reads the file from its start: 0.1 s a chunk on the demo log), each turned into
+    a polars frame once (per 1,000-row slice, the conversion cost 4x as much) and cut into
+    zero-copy slices.
     """
     pf = pq.ParquetFile(path)
-    buf: list[pa.RecordBatch] = []
+    buf: list[pl.DataFrame] = []
     have = 0
-
-    def frame(tbl: pa.Table) -> pl.DataFrame:
-        df = pl.from_arrow(tbl)
-        return df.cast(schema) if schema is not None else df
-
     for rb in pf.iter_batches(batch_size=max(chunk_size, 1 << 14)):
         if skip:
             if rb.num_rows <= skip:
                 skip -= rb.num_rows
                 continue
             rb, skip = rb.slice(skip), 0
-        buf.append(rb)
+        df = pl.from_arrow(rb)
+        buf.append(df.cast(schema) if schema is not None else df)
         have += rb.num_rows
         if have < chunk_size:
             continue
-        tbl = pa.Table.from_batches(buf)
+        tbl = pl.concat(buf, rechunk=False) if len(buf) > 1 else buf[0]
         off = 0
         while have - off >= chunk_size:
-            yield frame(tbl.slice(off, chunk_size))
+            yield tbl.slice(off, chunk_size)
             off += chunk_size
-        rest = tbl.slice(off).combine_chunks()
-        buf, have = ([b for b in rest.to_batches()] if rest.num_rows else []), rest.num_rows
+        buf, have = ([tbl.slice(off)] if have > off else []), have - off
     if have:
-        yield frame(pa.Table.from_batches(buf))
+        yield pl.concat(buf, rechunk=False) if len(buf) > 1 else buf[0]
 
 
 def _iso_us(us: float) -> str:

@@ -468,7 +468,8 @@ def test_online_lift_can_require_an_address_or_client_tie(learned):
     det = learned
     saved = det.signals_
     try:
-        for require, content_only, with_ip in (((), 2, 3), (("ip", "ip_prefix", "client"), 0, 3)):
+        for require, content_only, with_ip in (((), 2, 3), (None, 2, 3),   # None: the lift's own
+                                               (("ip", "ip_prefix", "client"), 0, 3)):
             det.signals_ = dataclasses.replace(saved, stream=dataclasses.replace(
                 saved.stream, inherit_lift="multi_evidence", inherit_lift_require=require))
             det._lift_rule()

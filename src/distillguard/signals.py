@@ -102,8 +102,8 @@ class StreamConfig:
     account is scored: it inherits ``attack`` when its rare values tie it to such confident
     seeds through at least ``inherit_lift_min_groups`` (None: the lift's ``min_groups``)
     of its evidence groups and its own score is at least ``inherit_lift_min_score`` (None: the
-    lift's own ``min_score``); with ``inherit_lift_require`` (link kinds), one of the ties must
-    be of one of those kinds. ``attack_threshold`` (if set)
+    lift's own ``min_score``); with ``inherit_lift_require`` (link kinds; None: the lift's own
+    ``require``), one of the ties must be of one of those kinds. ``attack_threshold`` (if set)
     replaces the scorer's attack threshold online: the online features (sketches, partial
     histories) score differently from batch ones, so the threshold is calibrated on online
     scores of fresh seeds by ``tools/fit_stream.py``.
@@ -122,7 +122,7 @@ class StreamConfig:
     inherit_lift: str | None = None
     inherit_lift_min_score: float | None = None
     inherit_lift_min_groups: int | None = None
-    inherit_lift_require: tuple[str, ...] = ()
+    inherit_lift_require: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.grace < 1 or self.min_exchanges_attack < 1:
@@ -144,7 +144,8 @@ class StreamConfig:
             raise TypeError("inherit_lift_min_score must be in 0..1")
         if self.inherit_lift_min_groups is not None and self.inherit_lift_min_groups < 1:
             raise TypeError("inherit_lift_min_groups must be >= 1")
-        object.__setattr__(self, "inherit_lift_require", tuple(self.inherit_lift_require or ()))
+        if self.inherit_lift_require is not None:
+            object.__setattr__(self, "inherit_lift_require", tuple(self.inherit_lift_require))
 
 
 @dataclass(frozen=True)
@@ -261,7 +262,7 @@ def load_signals(path: str | Path | None = None) -> SignalSet:
     if stream.inherit_lift is not None and stream.inherit_lift not in {x.name for x in lifts}:
         raise ConfigError(f"{name}:{stream_raw.get('__line__', '?')}: stream: inherit_lift "
                           f"'{stream.inherit_lift}' is not the name of a lift in lifts:")
-    bad = [k for k in stream.inherit_lift_require if k not in link.kind_weights]
+    bad = [k for k in stream.inherit_lift_require or () if k not in link.kind_weights]
     if bad:
         raise ConfigError(f"{name}:{stream_raw.get('__line__', '?')}: stream: "
                           f"inherit_lift_require: unknown link kind(s) {bad}")

@@ -167,9 +167,9 @@ class OnlineDetector:
         self.kind_family_ = np.array([fam_of.get(k, 7) for k in KINDS], dtype=np.int64)
         self.min_families_ = int(cfg.min_families)
         # pairs keep link-*kind* bits; the number of families a kind mask spans, by table
-        masks = np.arange(1 << len(KINDS))
-        self.fam_n_ = sum(((masks & sum(1 << k for k in np.flatnonzero(self.kind_family_ == f)))
-                           != 0).astype(np.int64) for f in np.unique(self.kind_family_)).tolist()
+        self.fam_n_ = _groups_spanned(
+            [sum(1 << int(k) for k in np.flatnonzero(self.kind_family_ == f))
+             for f in np.unique(self.kind_family_)]).tolist()
         self._lift_rule()
         self.min_size_ = int(self.min_size or self.signals_.cluster.get("min_size", 3))
         self.signup_us_ = int(cfg.signup_bucket_minutes) * 60 * _US
@@ -674,14 +674,13 @@ class OnlineDetector:
         if getattr(self, "ilift_key_", None) != key:
             self.ilift_key_ = key
             name = cfg.inherit_lift
-            self.ilift_ = next((x for x in self.signals_.lifts if x.name == name), None)
-            masks = np.arange(1 << len(KINDS))
-            self.sev_groups_ = np.zeros(len(masks), np.int64)
-            for m in (self.ilift_.group_masks(KINDS) if self.ilift_ else []):
-                self.sev_groups_ += (masks & m) != 0
-            need = sum(1 << KINDS.index(k) for k in cfg.inherit_lift_require if k in KINDS)
+            self.ilift_ = lift = next((x for x in self.signals_.lifts if x.name == name), None)
+            self.sev_groups_ = _groups_spanned(lift.group_masks(KINDS) if lift else [])
+            require = (cfg.inherit_lift_require if cfg.inherit_lift_require is not None
+                       else lift.require if lift else ())
+            need = sum(1 << KINDS.index(k) for k in require if k in KINDS)
             if need:                    # evidence without a required kind counts no group
-                self.sev_groups_[(masks & need) == 0] = 0
+                self.sev_groups_[(np.arange(len(self.sev_groups_)) & need) == 0] = 0
         return self.ilift_
 
     def _lift_min_groups(self) -> int:
@@ -1295,6 +1294,16 @@ class PairBits:
         lo, hi = k >> 32, k & 0xFFFFFFFF
         m_lo, m_hi = np.isin(lo, nodes), np.isin(hi, nodes)
         return np.concatenate([hi[m_lo], lo[m_hi]]), np.concatenate([b[m_lo], b[m_hi]])
+
+
+def _groups_spanned(group_masks: list[int]) -> np.ndarray:
+    """For every link-kind bit mask (index), how many of the groups (each a bit mask of
+    kinds) it touches."""
+    masks = np.arange(1 << len(KINDS))
+    out = np.zeros(len(masks), np.int64)
+    for m in group_masks:
+        out += (masks & m) != 0
+    return out
 
 
 def _unique_pairs(a: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

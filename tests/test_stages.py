@@ -349,6 +349,53 @@ def test_attach_flagged_joins_strongly_tied_loose_attack_accounts_only():
     assert attach_flagged(memb, verdict, edges.head(0), min_weight=1).equals(memb)
 
 
+def test_attach_flagged_moves_attack_accounts_out_of_small_benign_clusters():
+    from distillguard.cluster import attach_flagged
+
+    # C0001: campaign cluster of 3; C0002: a small office cluster holding one attack
+    # account ("m") strongly tied to the campaign, and one ("n") tied only weakly
+    memb = pl.DataFrame({"account_id": ["a1", "a2", "a3", "m", "n", "o1", "o2", "o3"],
+                         "cluster_id": ["C0001"] * 3 + ["C0002"] * 5})
+    verdict = pl.DataFrame({"account_id": memb["account_id"],
+                            "verdict": ["attack"] * 5 + ["benign"] * 3})
+    edges = pl.DataFrame({"src": ["a1", "a2", "a3", "a1"], "dst": ["m", "m", "m", "n"],
+                          "weight": [4.0, 4.0, 4.0, 3.0]})
+    out = dict(attach_flagged(memb, verdict, edges, min_weight=10).iter_rows())
+    assert out["m"] == "C0001" and out["n"] == "C0002"
+    # with min_size 4 the 3-member campaign cluster is not a campaign cluster
+    assert attach_flagged(memb, verdict, edges, min_weight=10, min_size=4).equals(memb)
+
+
+def test_assemble_flagged_groups_loose_attack_accounts_by_shared_rare_values():
+    from distillguard.cluster import assemble_flagged
+
+    memb = pl.DataFrame({"account_id": ["a1", "a2", "a3", "s1", "o1", "o2"],
+                         "cluster_id": ["C0001"] * 3 + ["C0002"] * 3})
+    # s1..s4: attack accounts outside the campaign cluster C0001 (s1 inside a benign
+    # cluster), chained by rare values: s1-s2 proxy exit, s2-s3 card, s3-s4 template;
+    # s5 is attack but shares nothing; b1 is benign and shares s1's exit
+    verdict = pl.DataFrame({
+        "account_id": ["a1", "a2", "a3", "s1", "o1", "o2", "s2", "s3", "s4", "s5", "b1"],
+        "verdict": ["attack"] * 4 + ["benign"] * 2 + ["attack"] * 4 + ["benign"]})
+    rare = pl.DataFrame({
+        "account_id": ["s1", "s2", "b1", "s2", "s3", "s3", "s4", "a1", "s5"],
+        "kind": ["ip", "ip", "ip", "payment", "payment", "template", "template", "ip", "ip"],
+        "value": ["1.2.3.4", "1.2.3.4", "1.2.3.4", "card9", "card9", "t7", "t7", "9.9.9.9",
+                  "8.8.8.8"]})
+    out = dict(assemble_flagged(memb, verdict, rare, campaign_min_size=3).iter_rows())
+    # one new cluster numbered after the existing ones; s1 left C0002, which fell below 3
+    assert {out[a] for a in ("s1", "s2", "s3", "s4")} == {"C0003"}
+    assert all(out[a] == "C0001" for a in ("a1", "a2", "a3"))
+    assert "s5" not in out and "b1" not in out and "o1" not in out and "o2" not in out
+    # a component smaller than min_size is no cluster
+    few = assemble_flagged(memb, verdict, rare.filter(pl.col("kind") == "ip"),
+                           campaign_min_size=3)
+    assert few.equals(memb)
+    # no clusters at all: the loose accounts still assemble
+    alone = assemble_flagged(memb.head(0), verdict, rare)
+    assert dict(alone.iter_rows()) == {a: "C0001" for a in ("s1", "s2", "s3", "s4")}
+
+
 def _reference_edges(inc: pl.DataFrame, n_accounts: int, cfg: LinkConfig) -> dict:
     """All pairs of every shared value, summed and capped with plain Python dicts."""
     import math

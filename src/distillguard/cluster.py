@@ -266,28 +266,48 @@ def _sample_cluster_stats(s: pl.DataFrame) -> pl.DataFrame:
         conc, on="cluster_id", how="full", coalesce=True)
 
 
+def campaign_clusters(membership: pl.DataFrame, verdict: pl.DataFrame, *,
+                      min_attack_share: float = 0.5, min_size: int = 1) -> pl.DataFrame:
+    """Members (``account_id, cluster_id``) of the *campaign clusters*: at least ``min_size``
+    members, at least ``min_attack_share`` of them ``attack`` in ``verdict``
+    (``account_id, verdict``)."""
+    share = (membership.join(verdict.select("account_id", "verdict"), on="account_id",
+                             how="left")
+             .group_by("cluster_id").agg(att=(pl.col("verdict") == "attack").mean(),
+                                         n=pl.len()))
+    keep = share.filter((pl.col("att") >= min_attack_share) & (pl.col("n") >= min_size))
+    return membership.join(keep.select("cluster_id"), on="cluster_id", how="semi")
+
+
+def _loose_attack(membership: pl.DataFrame, verdict: pl.DataFrame,
+                  camp: pl.DataFrame) -> pl.DataFrame:
+    """``attack`` accounts outside every campaign cluster (in no cluster, or in a cluster
+    whose members are mostly not ``attack``)."""
+    return (verdict.filter(pl.col("verdict") == "attack").select("account_id")
+            .join(camp, on="account_id", how="anti"))
+
+
 def attach_flagged(membership: pl.DataFrame, verdict: pl.DataFrame, edges: pl.DataFrame, *,
-                   min_weight: float, min_attack_share: float = 0.5) -> pl.DataFrame:
-    """Put ``attack`` accounts that Leiden left outside every cluster into the campaign
-    cluster they are strongly tied to.
+                   min_weight: float, min_attack_share: float = 0.5,
+                   min_size: int = 1) -> pl.DataFrame:
+    """Move ``attack`` accounts that Leiden left outside every campaign cluster into the
+    campaign cluster they are strongly tied to.
 
     CPM's density bar leaves out members of a big campaign whose ties are real but spread
-    over a few hundred accounts. ``verdict``: ``account_id, verdict`` after scoring. A
-    *campaign cluster* has at least ``min_attack_share`` of its members ``attack``. Each
-    unclustered attack account joins the campaign cluster with the largest total edge weight
-    to it, if that weight is at least ``min_weight`` (ties: lower cluster id); weaker ties
-    are left alone, because campaigns that buy from the same proxy providers share some
-    infrastructure with each other. Returns the membership with the attached rows added.
+    over a few hundred accounts: some end in no cluster, some in a small cluster of
+    residential neighbours. ``verdict``: ``account_id, verdict`` after scoring. A *campaign
+    cluster* has at least ``min_size`` members, at least ``min_attack_share`` of them
+    ``attack`` (:func:`campaign_clusters`). Each attack account outside the campaign clusters
+    joins the one with the largest total edge weight to it, if that weight is at least
+    ``min_weight`` (ties: lower cluster id), leaving its small cluster; weaker ties are left
+    alone, because campaigns that buy from the same proxy providers share some
+    infrastructure with each other. Returns the new membership.
     """
     if membership.is_empty() or edges.is_empty():
         return membership
-    v = verdict.select("account_id", "verdict")
-    share = (membership.join(v, on="account_id", how="left")
-             .group_by("cluster_id").agg(att=(pl.col("verdict") == "attack").mean()))
-    camp = membership.join(share.filter(pl.col("att") >= min_attack_share)
-                           .select("cluster_id"), on="cluster_id", how="semi")
-    loose = (v.filter(pl.col("verdict") == "attack")
-             .join(membership, on="account_id", how="anti").select("account_id"))
+    camp = campaign_clusters(membership, verdict, min_attack_share=min_attack_share,
+                             min_size=min_size)
+    loose = _loose_attack(membership, verdict, camp)
     if camp.is_empty() or loose.is_empty():
         return membership
     both = pl.concat([edges.select(a="src", b="dst", w="weight"),
@@ -301,4 +321,54 @@ def attach_flagged(membership: pl.DataFrame, verdict: pl.DataFrame, edges: pl.Da
             .select(account_id="a", cluster_id="cluster_id"))
     if best.is_empty():
         return membership
-    return pl.concat([membership, best.cast(membership.schema)]).sort("account_id")
+    return (pl.concat([membership.join(best, on="account_id", how="anti"),
+                       best.cast(membership.schema)]).sort("account_id"))
+
+
+def assemble_flagged(membership: pl.DataFrame, verdict: pl.DataFrame, rare: pl.DataFrame, *,
+                     min_attack_share: float = 0.5, campaign_min_size: int = 1,
+                     min_size: int = 3, prefix: str = "C") -> pl.DataFrame:
+    """Group the ``attack`` accounts that no campaign cluster holds by the rare values they
+    share with each other.
+
+    Low-and-slow campaigns leave too little shared per pair for Leiden: their members are
+    flagged one by one (own score, lifts) and end up alone or scattered over small clusters
+    of benign neighbours. What they do share — rare proxy exits, client stacks, templates,
+    cards — ties them to one another. The attack accounts outside the campaign clusters
+    (:func:`campaign_clusters` with ``min_attack_share`` and ``campaign_min_size``) that are
+    connected through values of ``rare`` (``link.rare_values``: ``account_id, kind, value``
+    held by few accounts) form new clusters, one per connected component of at least
+    ``min_size`` accounts; their members leave their old clusters. New ids continue the
+    existing numbering (``prefix`` + 4 digits, largest component first). Clusters left with
+    fewer than ``min_size`` members are dropped. Linear in the rare values of those
+    accounts (each value has few holders).
+    """
+    if rare is None or rare.is_empty():
+        return membership
+    camp = (campaign_clusters(membership, verdict, min_attack_share=min_attack_share,
+                              min_size=campaign_min_size)
+            if not membership.is_empty() else membership)
+    loose = _loose_attack(membership, verdict, camp)
+    r = rare.join(loose, on="account_id", how="semi").select("account_id", "kind", "value")
+    if r.is_empty():
+        return membership
+    ids = loose["account_id"].unique().sort()
+    code = pl.DataFrame({"account_id": ids, "i": np.arange(len(ids), dtype=np.int64)})
+    r = r.join(code, on="account_id").with_columns(
+        v=pl.struct("kind", "value").rank("dense").cast(pl.Int64))
+    first = r.group_by("v").agg(f=pl.col("i").min())
+    e = r.join(first, on="v").filter(pl.col("i") != pl.col("f")).select("i", "f")
+    g = ig.Graph(n=len(ids), edges=np.column_stack([e["i"].to_numpy(), e["f"].to_numpy()]))
+    comp = pl.DataFrame({"account_id": ids,
+                         "community": np.asarray(g.connected_components().membership)})
+    new = _numbered(comp, min_size)
+    if new.is_empty():
+        return membership
+    last = (membership["cluster_id"].str.slice(len(prefix)).cast(pl.Int64, strict=False).max()
+            if not membership.is_empty() else None) or 0
+    new = new.with_columns(cluster_id=pl.format(
+        "{}{}", pl.lit(prefix), (pl.col("cluster_id").str.slice(1).cast(pl.Int64) + last)
+        .cast(pl.String).str.zfill(4)))
+    out = pl.concat([membership.join(new, on="account_id", how="anti"),
+                     new.cast(membership.schema) if not membership.is_empty() else new])
+    return (out.filter(pl.len().over("cluster_id") >= min_size).sort("account_id"))

@@ -20,8 +20,8 @@ import polars as pl
 from rich.console import Console
 
 from . import __version__
-from .cluster import (attach_flagged, cluster_features, leiden_clusters, merge_clusters,
-                      neighbour_features)
+from .cluster import (assemble_flagged, attach_flagged, cluster_features, leiden_clusters,
+                      merge_clusters, neighbour_features)
 from .content_signals import content_features, merge_samples, sample_prompts
 from .errors import ConfigError
 from .fingerprint import account_features
@@ -176,6 +176,26 @@ def attach_cluster_features(feats: pl.DataFrame, membership: pl.DataFrame,
     ).with_columns(pl.col(CLUSTER_PREFIX + "size").replace(0.0, 1.0))
 
 
+def assemble_campaigns(f: Features, verdict: pl.DataFrame, cl: dict) -> pl.DataFrame:
+    """The final membership: Leiden's, with ``attack`` accounts outside every campaign cluster
+    attached to the one they are strongly tied to (``cluster.attach``) and the rest grouped by
+    the rare values they share (``cluster.assemble``); see :mod:`distillguard.cluster`."""
+    membership = f.membership
+    attach, assemble = cl.get("attach"), cl.get("assemble")
+    if attach:
+        membership = attach_flagged(membership, verdict, f.edges,
+                                    min_weight=float(attach["min_weight"]),
+                                    min_attack_share=float(attach.get("min_attack_share", 0.5)),
+                                    min_size=int(attach.get("min_size", 1)))
+    if assemble:
+        membership = assemble_flagged(
+            membership, verdict, f.rare,
+            min_attack_share=float(assemble.get("min_attack_share", 0.5)),
+            campaign_min_size=int(assemble.get("campaign_min_size", 1)),
+            min_size=int(assemble.get("min_size", cl.get("min_size", 3))))
+    return membership
+
+
 def read_allowlist(path: Path) -> set[str]:
     """Account ids from a CSV with an ``account_id`` column."""
     from .errors import InputError
@@ -266,20 +286,14 @@ def detect(paths: list, *, accounts=None, releases=None, out: Path, skip_invalid
                                                            separator=";", ignore_nulls=True)
                                              .str.strip_chars(";"))
                 .otherwise("reasons"))
-        attach = signals.cluster.get("attach")
-        if attach:
-            membership = attach_flagged(f.membership, acc, f.edges,
-                                        min_weight=float(attach["min_weight"]),
-                                        min_attack_share=float(attach.get("min_attack_share",
-                                                                          0.5)))
-            added = membership.join(f.membership, on="account_id", how="anti")
-            if not added.is_empty():
-                prof.note(f"{added.height:,} unclustered attack accounts attached to clusters")
-                acc = acc.with_columns(cluster_id=pl.coalesce(
-                    "cluster_id", pl.col("account_id").replace_strict(
-                        added["account_id"], added["cluster_id"], default=None,
-                        return_dtype=pl.String)))
-                f = replace(f, membership=membership)
+        membership = assemble_campaigns(f, acc, signals.cluster)
+        if not membership.equals(f.membership):
+            moved = membership.join(f.membership, on=["account_id", "cluster_id"], how="anti")
+            prof.note(f"{moved.height:,} attack accounts attached or assembled into clusters")
+            acc = acc.drop("cluster_id").join(membership, on="account_id", how="left")
+            # the evidence describes the final groups (scores used Leiden's)
+            f = replace(f, membership=membership,
+                        clusters=cluster_features(f.accounts, membership, f.edges, f.sample))
         with stage("explain", "building cluster evidence"):
             clusters = build_clusters_json(acc, f, log, scorer)
         # accounts known only from the accounts table (no traffic) are listed too

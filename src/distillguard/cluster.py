@@ -28,8 +28,11 @@ MEMBERSHIP_SCHEMA = {"account_id": pl.String, "cluster_id": pl.String}
 
 
 def leiden_clusters(edges: pl.DataFrame, *, min_size: int = 3, resolution: float = 1.0,
-                    objective: str = "modularity", seed: int = 0) -> pl.DataFrame:
-    """Account → cluster_id for accounts in communities of at least ``min_size``."""
+                    objective: str = "modularity", seed: int = 0,
+                    n_iterations: int = -1) -> pl.DataFrame:
+    """Account → cluster_id for accounts in communities of at least ``min_size``.
+
+    ``n_iterations``: Leiden passes (igraph); negative: until no node moves."""
     if edges.is_empty():
         return pl.DataFrame(schema=MEMBERSHIP_SCHEMA)
     nodes = pl.concat([edges["src"], edges["dst"]]).unique().sort()
@@ -45,7 +48,7 @@ def leiden_clusters(edges: pl.DataFrame, *, min_size: int = 3, resolution: float
     ig.set_random_number_generator(random)
     try:
         part = g.community_leiden(objective_function=objective, weights=e["weight"].to_list(),
-                                  resolution=resolution, n_iterations=-1)
+                                  resolution=resolution, n_iterations=n_iterations)
     finally:
         random.setstate(state)
     return _numbered(pl.DataFrame({"account_id": nodes,

@@ -143,7 +143,7 @@ def build_features(log: Log, signals: SignalSet, *, max_prompts: int = 64, seed:
         membership = leiden_clusters(edges, min_size=int(cl.get("min_size", 3)),
                                      resolution=float(cl.get("resolution", 1.0)),
                                      objective=str(cl.get("objective", "modularity")),
-                                     seed=seed)
+                                     n_iterations=int(cl.get("n_iterations", -1)), seed=seed)
         prof.note(f"Leiden: {membership['cluster_id'].n_unique():,} clusters")
         if cl.get("merge"):
             membership = merge_clusters(membership, inc, kinds=list(cl["merge"]["kinds"]),

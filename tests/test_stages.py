@@ -372,28 +372,31 @@ def test_assemble_flagged_groups_loose_attack_accounts_by_shared_rare_values():
     memb = pl.DataFrame({"account_id": ["a1", "a2", "a3", "s1", "o1", "o2"],
                          "cluster_id": ["C0001"] * 3 + ["C0002"] * 3})
     # s1..s4: attack accounts outside the campaign cluster C0001 (s1 inside a benign
-    # cluster), chained by rare values: s1-s2 proxy exit, s2-s3 card, s3-s4 template;
-    # s5 is attack but shares nothing; b1 is benign and shares s1's exit
+    # cluster) sharing a proxy exit, with cards and templates among pairs; s5 is attack
+    # but shares nothing; b1 is benign and shares the exit
     verdict = pl.DataFrame({
         "account_id": ["a1", "a2", "a3", "s1", "o1", "o2", "s2", "s3", "s4", "s5", "b1"],
         "verdict": ["attack"] * 4 + ["benign"] * 2 + ["attack"] * 4 + ["benign"]})
     rare = pl.DataFrame({
-        "account_id": ["s1", "s2", "b1", "s2", "s3", "s3", "s4", "a1", "s5"],
-        "kind": ["ip", "ip", "ip", "payment", "payment", "template", "template", "ip", "ip"],
-        "value": ["1.2.3.4", "1.2.3.4", "1.2.3.4", "card9", "card9", "t7", "t7", "9.9.9.9",
-                  "8.8.8.8"]})
+        "account_id": ["s1", "s2", "s3", "s4", "b1", "s1", "s2", "s3", "s4", "a1", "s5"],
+        "kind": ["ip"] * 5 + ["payment", "payment", "template", "template", "ip", "ip"],
+        "value": ["1.2.3.4"] * 5 + ["card9", "card9", "t7", "t7", "9.9.9.9", "8.8.8.8"]})
     out = dict(assemble_flagged(memb, verdict, rare, campaign_min_size=3).iter_rows())
-    # one new cluster numbered after the existing ones; s1 left C0002, which fell below 3
-    assert {out[a] for a in ("s1", "s2", "s3", "s4")} == {"C0003"}
-    assert all(out[a] == "C0001" for a in ("a1", "a2", "a3"))
-    assert "s5" not in out and "b1" not in out and "o1" not in out and "o2" not in out
-    # a component smaller than min_size is no cluster
-    few = assemble_flagged(memb, verdict, rare.filter(pl.col("kind") == "ip"),
+    # renumbered by size: the new group of 4 is C0001, the campaign C0002; s1 left the
+    # office cluster, which fell below 3 members and is gone
+    assert {out[a] for a in ("s1", "s2", "s3", "s4")} == {"C0001"}
+    assert {out[a] for a in ("a1", "a2", "a3")} == {"C0002"}
+    assert not {"s5", "b1", "o1", "o2"} & set(out)
+    # fewer than min_size loose accounts tied: nothing new, the clusters stay
+    two = assemble_flagged(memb, verdict, rare.filter(pl.col("kind") == "payment"),
                            campaign_min_size=3)
-    assert few.equals(memb)
-    # no clusters at all: the loose accounts still assemble
-    alone = assemble_flagged(memb.head(0), verdict, rare)
-    assert dict(alone.iter_rows()) == {a: "C0001" for a in ("s1", "s2", "s3", "s4")}
+    assert dict(two.iter_rows()) == dict(memb.iter_rows())
+    # with merge kinds, mostly-attack clusters drawing on the same rare addresses join
+    pool = pl.concat([rare, pl.DataFrame({"account_id": ["a2", "a3"], "kind": ["ip", "ip"],
+                                          "value": ["1.2.3.4", "1.2.3.4"]})])
+    merged = assemble_flagged(memb, verdict, pool, campaign_min_size=3,
+                              merge_kinds=["ip", "ip_prefix", "payment"], merge_min_jaccard=0.5)
+    assert set(merged["cluster_id"]) == {"C0001"} and merged.height == 7
 
 
 def _reference_edges(inc: pl.DataFrame, n_accounts: int, cfg: LinkConfig) -> dict:

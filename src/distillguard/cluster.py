@@ -330,48 +330,50 @@ def attach_flagged(membership: pl.DataFrame, verdict: pl.DataFrame, edges: pl.Da
 
 def assemble_flagged(membership: pl.DataFrame, verdict: pl.DataFrame, rare: pl.DataFrame, *,
                      min_attack_share: float = 0.5, campaign_min_size: int = 1,
-                     min_size: int = 3, prefix: str = "C") -> pl.DataFrame:
+                     min_size: int = 3, objective: str = "modularity", resolution: float = 0.5,
+                     merge_kinds: list[str] | tuple[str, ...] = (),
+                     merge_min_jaccard: float = 0.15, seed: int = 0) -> pl.DataFrame:
     """Group the ``attack`` accounts that no campaign cluster holds by the rare values they
-    share with each other.
+    share with each other, then join campaign groups that draw on one pool.
 
-    Low-and-slow campaigns leave too little shared per pair for Leiden: their members are
-    flagged one by one (own score, lifts) and end up alone or scattered over small clusters
-    of benign neighbours. What they do share — rare proxy exits, client stacks, templates,
-    cards — ties them to one another. The attack accounts outside the campaign clusters
-    (:func:`campaign_clusters` with ``min_attack_share`` and ``campaign_min_size``) that are
-    connected through values of ``rare`` (``link.rare_values``: ``account_id, kind, value``
-    held by few accounts) form new clusters, one per connected component of at least
-    ``min_size`` accounts; their members leave their old clusters. New ids continue the
-    existing numbering (``prefix`` + 4 digits, largest component first). Clusters left with
-    fewer than ``min_size`` members are dropped. Linear in the rare values of those
-    accounts (each value has few holders).
+    Low-and-slow campaigns leave too little shared per pair for the account graph: their
+    members are flagged one by one (own score, lifts) and end up alone or scattered over
+    small clusters of benign neighbours. What they do share — rare proxy exits, client
+    stacks, templates, cards — ties them to one another. The attack accounts outside the
+    campaign clusters (:func:`campaign_clusters` with ``min_attack_share`` and
+    ``campaign_min_size``) are linked by the number of values of ``rare`` (``account_id,
+    kind, value``, values held by few accounts: ``link.rare_values``) they share, and
+    Leiden (``objective``, ``resolution``) groups them; groups of at least ``min_size``
+    become clusters and their members leave their old clusters. Then clusters that are
+    mostly ``attack`` are joined when their rare ``merge_kinds`` values overlap
+    (:func:`merge_clusters` with ``merge_min_jaccard``): at scale a campaign comes out of
+    the graph in many fragments. Finally every cluster is renumbered by size (``C0001``
+    largest) and clusters of fewer than ``min_size`` accounts are dropped. Linear in the
+    rare values of the accounts involved (each value has few holders).
     """
     if rare is None or rare.is_empty():
         return membership
-    camp = (campaign_clusters(membership, verdict, min_attack_share=min_attack_share,
+    v = verdict.select("account_id", "verdict")
+    camp = (campaign_clusters(membership, v, min_attack_share=min_attack_share,
                               min_size=campaign_min_size)
             if not membership.is_empty() else membership)
-    loose = _loose_attack(membership, verdict, camp)
+    loose = _loose_attack(membership, v, camp)
     r = rare.join(loose, on="account_id", how="semi").select("account_id", "kind", "value")
-    if r.is_empty():
-        return membership
-    ids = loose["account_id"].unique().sort()
-    code = pl.DataFrame({"account_id": ids, "i": np.arange(len(ids), dtype=np.int64)})
-    r = r.join(code, on="account_id").with_columns(
-        v=pl.struct("kind", "value").rank("dense").cast(pl.Int64))
-    first = r.group_by("v").agg(f=pl.col("i").min())
-    e = r.join(first, on="v").filter(pl.col("i") != pl.col("f")).select("i", "f")
-    g = ig.Graph(n=len(ids), edges=np.column_stack([e["i"].to_numpy(), e["f"].to_numpy()]))
-    comp = pl.DataFrame({"account_id": ids,
-                         "community": np.asarray(g.connected_components().membership)})
-    new = _numbered(comp, min_size)
-    if new.is_empty():
-        return membership
-    last = (membership["cluster_id"].str.slice(len(prefix)).cast(pl.Int64, strict=False).max()
-            if not membership.is_empty() else None) or 0
-    new = new.with_columns(cluster_id=pl.format(
-        "{}{}", pl.lit(prefix), (pl.col("cluster_id").str.slice(1).cast(pl.Int64) + last)
-        .cast(pl.String).str.zfill(4)))
+    pairs = (r.join(r, on=["kind", "value"], suffix="_b")
+             .filter(pl.col("account_id") < pl.col("account_id_b"))
+             .group_by("account_id", "account_id_b").agg(weight=pl.len().cast(pl.Float64))
+             .select(src="account_id", dst="account_id_b", weight="weight"))
+    new = leiden_clusters(pairs, min_size=min_size, resolution=resolution, objective=objective,
+                          seed=seed).with_columns(cluster_id=pl.lit("A") + pl.col("cluster_id"))
     out = pl.concat([membership.join(new, on="account_id", how="anti"),
                      new.cast(membership.schema) if not membership.is_empty() else new])
-    return (out.filter(pl.len().over("cluster_id") >= min_size).sort("account_id"))
+    if merge_kinds and not out.is_empty():
+        mostly = campaign_clusters(out, v, min_attack_share=min_attack_share, min_size=min_size)
+        joined = merge_clusters(mostly, rare.filter(pl.col("kind").is_in(list(merge_kinds))),
+                                kinds=list(merge_kinds), min_jaccard=merge_min_jaccard,
+                                min_size=min_size, max_share=1.0)
+        out = pl.concat([out.join(mostly, on="account_id", how="anti"),
+                         joined.with_columns(cluster_id=pl.lit("M") + pl.col("cluster_id"))])
+    if out.is_empty():
+        return membership
+    return _numbered(out.rename({"cluster_id": "community"}), min_size)

@@ -176,7 +176,8 @@ def attach_cluster_features(feats: pl.DataFrame, membership: pl.DataFrame,
     ).with_columns(pl.col(CLUSTER_PREFIX + "size").replace(0.0, 1.0))
 
 
-def assemble_campaigns(f: Features, verdict: pl.DataFrame, cl: dict) -> pl.DataFrame:
+def assemble_campaigns(f: Features, verdict: pl.DataFrame, cl: dict, *,
+                       seed: int = 0) -> pl.DataFrame:
     """The final membership: Leiden's, with ``attack`` accounts outside every campaign cluster
     attached to the one they are strongly tied to (``cluster.attach``) and the rest grouped by
     the rare values they share (``cluster.assemble``); see :mod:`distillguard.cluster`."""
@@ -192,7 +193,11 @@ def assemble_campaigns(f: Features, verdict: pl.DataFrame, cl: dict) -> pl.DataF
             membership, verdict, f.rare,
             min_attack_share=float(assemble.get("min_attack_share", 0.5)),
             campaign_min_size=int(assemble.get("campaign_min_size", 1)),
-            min_size=int(assemble.get("min_size", cl.get("min_size", 3))))
+            min_size=int(assemble.get("min_size", cl.get("min_size", 3))),
+            objective=str(assemble.get("objective", "modularity")),
+            resolution=float(assemble.get("resolution", 0.5)),
+            merge_kinds=list(assemble.get("merge_kinds", [])),
+            merge_min_jaccard=float(assemble.get("merge_min_jaccard", 0.15)), seed=seed)
     return membership
 
 
@@ -286,10 +291,11 @@ def detect(paths: list, *, accounts=None, releases=None, out: Path, skip_invalid
                                                            separator=";", ignore_nulls=True)
                                              .str.strip_chars(";"))
                 .otherwise("reasons"))
-        membership = assemble_campaigns(f, acc, signals.cluster)
+        membership = assemble_campaigns(f, acc, signals.cluster, seed=seed)
         if not membership.equals(f.membership):
-            moved = membership.join(f.membership, on=["account_id", "cluster_id"], how="anti")
-            prof.note(f"{moved.height:,} attack accounts attached or assembled into clusters")
+            prof.note(f"campaign assembly: {f.membership['cluster_id'].n_unique():,} → "
+                      f"{membership['cluster_id'].n_unique():,} clusters, "
+                      f"{f.membership.height:,} → {membership.height:,} clustered accounts")
             acc = acc.drop("cluster_id").join(membership, on="account_id", how="left")
             # the evidence describes the final groups (scores used Leiden's)
             f = replace(f, membership=membership,

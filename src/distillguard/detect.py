@@ -291,15 +291,16 @@ def detect(paths: list, *, accounts=None, releases=None, out: Path, skip_invalid
                                                            separator=";", ignore_nulls=True)
                                              .str.strip_chars(";"))
                 .otherwise("reasons"))
-        membership = assemble_campaigns(f, acc, signals.cluster, seed=seed)
-        if not membership.equals(f.membership):
-            prof.note(f"campaign assembly: {f.membership['cluster_id'].n_unique():,} → "
-                      f"{membership['cluster_id'].n_unique():,} clusters, "
-                      f"{f.membership.height:,} → {membership.height:,} clustered accounts")
-            acc = acc.drop("cluster_id").join(membership, on="account_id", how="left")
-            # the evidence describes the final groups (scores used Leiden's)
-            f = replace(f, membership=membership,
-                        clusters=cluster_features(f.accounts, membership, f.edges, f.sample))
+        with stage("assemble", "grouping flagged accounts into campaigns"):
+            membership = assemble_campaigns(f, acc, signals.cluster, seed=seed)
+            if not membership.equals(f.membership):
+                prof.note(f"campaign assembly: {f.membership['cluster_id'].n_unique():,} → "
+                          f"{membership['cluster_id'].n_unique():,} clusters, "
+                          f"{f.membership.height:,} → {membership.height:,} clustered accounts")
+                acc = acc.drop("cluster_id").join(membership, on="account_id", how="left")
+                # the evidence describes the final groups (scores used Leiden's)
+                f = replace(f, membership=membership,
+                            clusters=cluster_features(f.accounts, membership, f.edges, f.sample))
         with stage("explain", "building cluster evidence"):
             clusters = build_clusters_json(acc, f, log, scorer)
         # accounts known only from the accounts table (no traffic) are listed too

@@ -236,12 +236,51 @@ def test_multi_evidence_lift_counts_independent_kinds_of_ties_to_attack_accounts
     assert got[0] == "attack" and got[1] == "suspicious"
 
 
+def test_profile_lift_needs_the_flagged_peers_behaviour_too():
+    from distillguard.link import rare_values
+    from distillguard.score import ScoredAccounts, apply_lifts
+    from distillguard.signals import Lift
+
+    # "x" and "y" both share a rare IP, client stack and template with attack accounts a1, a2
+    # (three groups). x sends requests like them (thinking on, single turn); y does not.
+    # Benign accounts b1..b6 spread the standardisation.
+    rows = []
+    for acc in ("x", "y"):
+        for peer in ("a1", "a2"):
+            for k in ("ip", "client", "template"):
+                v = f"{k}-{peer}"
+                rows += [(acc, k, v), (peer, k, v)]
+    inc = pl.DataFrame(rows, schema=["account_id", "kind", "value"], orient="row").unique()
+    ids = ["x", "y", "a1", "a2", "b1", "b2", "b3", "b4", "b5", "b6"]
+    feats = pl.DataFrame({
+        "account_id": ids, "c_size": [1.0] * 10, "link_degree": [0.0] * 10,
+        "thinking_share": [0.9, 0.0, 0.95, 0.85, 0.0, 0.1, 0.0, 0.05, 0.0, 0.1],
+        "single_turn_share": [1.0, 0.3, 1.0, 1.0, 0.2, 0.5, 0.3, 0.4, 0.6, 0.2]})
+    scorer = Scorer(signals=load_signals())
+    scored = ScoredAccounts(score=np.array([0.4, 0.4, 0.99, 0.99] + [0.0] * 6),
+                            verdict=np.array(["suspicious"] * 2 + ["attack"] * 2
+                                             + ["benign"] * 6), reasons=[""] * 10)
+    lift = Lift(name="p", groups=(("ip",), ("client",), ("template",)), reason="r",
+                min_groups=3, min_score=0.2, profile=("thinking_share", "single_turn_share"),
+                max_profile_distance=0.8)
+    rare = rare_values(inc, lift.kinds, 30)
+    out = apply_lifts(scorer, scored, feats, rare, (lift,))
+    assert list(out.verdict[:2]) == ["attack", "suspicious"]
+    # without the profile check both are lifted; a missing feature is a clear error
+    plain = Lift(**{**lift.__dict__, "profile": (), "max_profile_distance": None})
+    assert list(apply_lifts(scorer, scored, feats, rare, (plain,)).verdict[:2]) == ["attack"] * 2
+    with pytest.raises(ConfigError, match="profile features not computed"):
+        apply_lifts(scorer, scored, feats.drop("thinking_share"), rare, (lift,))
+
+
 @pytest.mark.parametrize("rule, message", [
     ("    groups: [[ipp]]\n    reason: r\n", r"groups must be lists of link"),
     ("    groups: [[ip]]\n    reason: r\n    min_groups: 2\n", r".*min_groups"),
     ("    groups: [[ip]]\n    reason: r\n    mni_score: 1\n",
      r"unknown key\(s\) \['mni_score'\]"),
     ("    groups: [[ip]]\n", r"needs name, groups and reason"),
+    ("    groups: [[ip]]\n    reason: r\n    profile: [cot_share]\n",
+     r".*profile and max_profile_distance"),
 ])
 def test_lift_config_errors_name_the_file_and_line(tmp_path, rule, message):
     bad = tmp_path / "s.yaml"
@@ -266,7 +305,8 @@ def test_stream_lift_config_errors_name_the_file_and_line(tmp_path, stream, mess
 
 
 def test_shipped_lifts():
-    assert [lf.name for lf in load_signals().lifts] == ["solo_rare_ip", "multi_evidence"]
+    assert [lf.name for lf in load_signals().lifts] == ["solo_rare_ip", "multi_evidence",
+                                                         "profile_match"]
 
 
 

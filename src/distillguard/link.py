@@ -307,6 +307,19 @@ def rare_values(inc: pl.DataFrame, kinds: tuple[str, ...] | list[str],
             .select("account_id", "kind", "value", "holders"))
 
 
+def shared_rare(rare: pl.DataFrame, accounts: pl.Series | list[str],
+                among: pl.Series | list[str]) -> pl.DataFrame:
+    """Rows of ``rare`` of ``accounts`` with a ``peer`` column: each other account of
+    ``among`` holding the same (kind, value)."""
+    left = rare.filter(pl.col("account_id").is_in(pl.Series(accounts, dtype=pl.String)
+                                                  .implode()))
+    right = (rare.filter(pl.col("account_id").is_in(pl.Series(among, dtype=pl.String)
+                                                    .implode()))
+             .select("kind", "value", peer="account_id"))
+    return (left.join(right, on=["kind", "value"])
+            .filter(pl.col("account_id") != pl.col("peer")))
+
+
 def peers_among(rare: pl.DataFrame, accounts: pl.Series | list[str],
                 among: pl.Series | list[str], groups: tuple[tuple[str, ...], ...] | None = None,
                 max_holders: int | None = None, require: tuple[str, ...] = ()) -> pl.DataFrame:
@@ -325,14 +338,7 @@ def peers_among(rare: pl.DataFrame, accounts: pl.Series | list[str],
     group_of = pl.DataFrame({"kind": [k for g in groups for k in g],
                              "group": [i for i, g in enumerate(groups) for _ in g]},
                             schema={"kind": pl.String, "group": pl.UInt32})
-    rare = rare.join(group_of, on="kind")
-    left = rare.filter(pl.col("account_id").is_in(pl.Series(accounts, dtype=pl.String)
-                                                  .implode()))
-    right = (rare.filter(pl.col("account_id").is_in(pl.Series(among, dtype=pl.String)
-                                                    .implode()))
-             .select("kind", "value", peer="account_id"))
-    return (left.join(right, on=["kind", "value"])
-            .filter(pl.col("account_id") != pl.col("peer"))
+    return (shared_rare(rare.join(group_of, on="kind"), accounts, among)
             .group_by("account_id").agg(
                 peers=pl.col("peer").n_unique(),
                 groups=pl.col("group").n_unique()

@@ -318,6 +318,8 @@ def apply_lifts(scorer: Scorer, scored: ScoredAccounts, features: pl.DataFrame,
                             max_holders=lift.max_holders, require=lift.require)
         lifted = peers.filter((pl.col("peers") >= lift.min_flagged_peers)
                               & (pl.col("groups") >= lift.min_groups))["account_id"]
+        if lift.profile and not lifted.is_empty():
+            lifted = _like_flagged_peers(lifted, flagged, features, rare, lift)
         mask = ids.is_in(lifted.implode()).to_numpy() & cand
         if not mask.any():
             continue
@@ -325,3 +327,30 @@ def apply_lifts(scorer: Scorer, scored: ScoredAccounts, features: pl.DataFrame,
                    for m, r in zip(mask, reasons)]
         verdict = np.where(mask, "attack", verdict)
     return ScoredAccounts(score=scored.score, verdict=verdict, reasons=reasons)
+
+
+def _like_flagged_peers(accounts: pl.Series, flagged: pl.Series, features: pl.DataFrame,
+                        rare: pl.DataFrame, lift: Lift) -> pl.Series:
+    """Those of ``accounts`` whose standardised ``lift.profile`` is within
+    ``lift.max_profile_distance`` (root mean square) of the mean profile of the flagged
+    accounts they share rare values of the lift's kinds with."""
+    from .link import shared_rare
+
+    cols = list(lift.profile)
+    missing = [c for c in cols if c not in features.columns]
+    if missing:
+        raise ConfigError(f"lift '{lift.name}': profile features not computed: {missing}")
+    z = features.select("account_id", *[
+        ((pl.col(c).cast(pl.Float64).fill_null(0.0) - pl.col(c).cast(pl.Float64).fill_null(0.0)
+          .mean()) / pl.col(c).cast(pl.Float64).fill_null(0.0).std().fill_null(0.0)
+         .replace(0.0, 1.0)).alias(c) for c in cols])
+    r = rare.filter(pl.col("kind").is_in(list(lift.kinds)))
+    if "holders" in r.columns:
+        r = r.filter(pl.col("holders") <= lift.max_holders)
+    pairs = shared_rare(r, accounts, flagged).select("account_id", "peer").unique()
+    peer_mean = (pairs.join(z.rename({"account_id": "peer"}), on="peer")
+                 .group_by("account_id").agg(pl.col(cols).mean()))
+    d = (z.join(peer_mean, on="account_id", suffix="_peers")
+         .select("account_id", dist=(pl.sum_horizontal([(pl.col(c) - pl.col(f"{c}_peers")) ** 2
+                                                        for c in cols]) / len(cols)).sqrt()))
+    return d.filter(pl.col("dist") <= lift.max_profile_distance)["account_id"]

@@ -53,7 +53,10 @@ class Lift:
     accounts whose verdict is in ``flagged``, in at least ``min_groups`` of the evidence
     ``groups`` (each a list of link kinds that say the same thing: a shared IP implies a
     shared /24), one of them of a kind in ``require`` (if given), and with at least
-    ``min_flagged_peers`` such accounts in all. Its reasons
+    ``min_flagged_peers`` such accounts in all. With ``profile`` (feature columns) and
+    ``max_profile_distance``, the account must also *behave* like those flagged peers: the
+    root-mean-square difference between its standardised profile and their mean profile
+    (features standardised over all accounts of the log) is at most that distance. Its reasons
     then start with ``reason``; its score does not change. Lifts run in file order, each on
     the verdicts the previous ones left.
     """
@@ -70,6 +73,10 @@ class Lift:
     flagged: tuple[str, ...] = ("attack",)
     #: link kinds of which at least one must be among the shared values (empty: none)
     require: tuple[str, ...] = ()
+    #: account feature columns compared with the flagged peers' (empty: no profile check)
+    profile: tuple[str, ...] = ()
+    #: largest RMS difference of standardised profiles (None: no profile check)
+    max_profile_distance: float | None = None
     #: what ``reason`` means, for the report's glossary
     description: str = ""
 
@@ -298,9 +305,12 @@ def _lifts(raw: list, link: LinkConfig, name: str) -> tuple[Lift, ...]:
             raise ConfigError(f"{where}: needs name, groups and reason ({err})") from None
         bad = [k for k in lift.kinds + lift.require if k not in link.kind_weights]
         if (bad or not lift.groups or not 1 <= lift.min_groups <= len(lift.groups)
-                or lift.min_flagged_peers < 1 or lift.max_holders < 2):
+                or lift.min_flagged_peers < 1 or lift.max_holders < 2
+                or bool(lift.profile) != (lift.max_profile_distance is not None)
+                or (lift.max_profile_distance is not None and lift.max_profile_distance <= 0)):
             raise ConfigError(f"{where}: groups must be lists of link kinds (unknown: {bad}), "
                               f"1 <= min_groups <= number of groups, min_flagged_peers >= 1, "
-                              f"max_holders >= 2")
+                              f"max_holders >= 2, profile and max_profile_distance (> 0) "
+                              f"together")
         out.append(lift)
     return tuple(out)

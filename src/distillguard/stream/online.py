@@ -58,6 +58,8 @@ MEMBER_COLUMNS = frozenset({"n_exchanges", "n_ips", "pivot_share", "pivot_window
                             "payment_fingerprint", "email_domain"})
 KINDS = ("ip", "ip_prefix", "client", "payment", "email_domain", "signup_burst",
          "system_prompt", "tool_schema", "template")
+# reason of an account flagged by the pre-score rule (stream.prescore_min_groups)
+PRESCORE_REASON = "rare_values_shared_with_flagged_before_scoring"
 _US = 1_000_000
 _DAY_US = 86400 * _US
 
@@ -360,6 +362,14 @@ class OnlineDetector:
         pos = np.arange(len(a_s)) - np.repeat(start, cnt)          # position within group
         C, F = self.c_, self.f_
         n_before = C["n"][u]
+        pre = self._prescore_min_groups()
+        # ties to confident seeds made by this batch's events: (account, kind bit, event)
+        self.tie_log_ = [] if pre else None
+        self.flagged_ = None
+        sev0 = self.sev_[u].copy() if pre else None
+        if inc:       # account-level incidences come with the account's first event
+            ks = start[np.searchsorted(u, [t[0] for t in inc])].tolist()
+            inc = [t + (k,) for t, k in zip(inc, ks)]
         seen_before = np.repeat(n_before > 0, cnt)
         prev_ts = np.empty_like(ts_s)
         prev_ts[1:] = ts_s[:-1]
@@ -447,7 +457,7 @@ class OnlineDetector:
         pick = ((C["cls_n"][a_s] + pos) < self.max_prompts) | (
             (ph % np.maximum(n_at, 1).astype(np.uint64)) < np.uint64(self.max_prompts))
         if pick.any():
-            self._learn_content(ev, order[pick], a_s[pick], ph[pick])
+            self._learn_content(ev, order[pick], a_s[pick], ph[pick], np.flatnonzero(pick))
         # shared-value incidences for online linking
         lc = (X["link_h"][order], X["link_nn"][order])
         ev_inc = [(0, hashes["ips"]), (1, hashes["prefixes"]), (2, lc)]
@@ -455,12 +465,66 @@ class OnlineDetector:
             ev_inc.append((kind, (X[cname][order], X[f"{cname}_nn"][order])))
         for kind, (h, nn) in ev_inc:
             if nn.any():
-                a, v = _unique_pairs(a_s[nn], h[nn].astype(np.uint64))
-                inc += zip(a.tolist(), [kind] * len(a), v.tolist())
+                a, v, k = _unique_pairs(a_s[nn], h[nn].astype(np.uint64))
+                inc += zip(a.tolist(), [kind] * len(a), v.tolist(),
+                           np.flatnonzero(nn)[k].tolist())
         if inc:
             self._link(inc)
+        if pre:
+            self._prescore(pre, u, start, cnt, n_before, sev0, ts_s)
         due = u[C["n"][u] >= F["next_check"][u]]
         return due
+
+    def _prescore(self, need: int, u, start, cnt, n_before, sev0, ts_s) -> None:
+        """The pre-score rule (``stream.prescore_min_groups``): accounts of the batch (``u``,
+        their events at ``start`` .. ``start + cnt`` of the sorted batch, times ``ts_s``)
+        not ``attack`` whose ties to confident seeds now span ``need`` groups are ``attack``
+        from the event that completed them (their first of the batch when the ties were
+        there before it, ``sev0``); kept in ``flagged_`` (indices, exchanges at that event,
+        its time in µs) for the alerts."""
+        groups = self.pre_groups_
+        hit = np.flatnonzero((groups[self.sev_[u]] >= need) & (self.verdict_[u] != 2))
+        if not len(hit):
+            return
+        at = start[hit] + cnt[hit] - 1           # bits set without an event: its last one
+        before = groups[sev0[hit]] >= need
+        at[before] = start[hit][before]
+        where = {int(a): j for j, a in enumerate(u[hit].tolist()) if not before[j]}
+        ties: dict[int, list[tuple[int, int]]] = {}
+        for a, bit, k in self.tie_log_:
+            if a in where:
+                ties.setdefault(a, []).append((k, bit))
+        for a, lst in ties.items():
+            j = where[a]
+            mask = int(sev0[hit[j]])
+            for k, bit in sorted(lst):
+                mask |= bit
+                if groups[mask] >= need:
+                    at[j] = k
+                    break
+        idx = u[hit]
+        self.verdict_[idx] = 2
+        for i in idx.tolist():
+            self.reasons_[i] = PRESCORE_REASON
+        self.flagged_ = (idx, (n_before[hit] + at - start[hit] + 1).astype(np.int64), ts_s[at])
+
+    def flagged_rows(self) -> pl.DataFrame | None:
+        """Accounts the last :meth:`learn_many` flagged before scoring (pre-score rule), as
+        :meth:`score_many` rows plus ``ts_us`` (the deciding event's time), in time order;
+        None when none."""
+        if getattr(self, "flagged_", None) is None:
+            return None
+        idx, seen, ts = self.flagged_
+        o = np.lexsort((idx, ts))
+        idx, seen, ts = idx[o], seen[o], ts[o]
+        return pl.DataFrame({
+            "account_id": pl.Series([self.ids_[i] for i in idx.tolist()], dtype=pl.String),
+            "idx": idx, "score": self.f_["score"][idx],
+            "verdict": pl.Series(VERDICT_NAME[self.verdict_[idx]], dtype=pl.String),
+            "reasons": pl.Series([self.reasons_[i] for i in idx.tolist()], dtype=pl.String),
+            "cluster_id": pl.Series([self.state_of(self.ids_[i])["cluster_id"]
+                                     for i in idx.tolist()], dtype=pl.String),
+            "exchanges_seen": seen, "ts_us": ts})
 
     def _learn_days(self, a_s: np.ndarray, first: np.ndarray, new_day: np.ndarray,
                     seen_before: np.ndarray) -> None:
@@ -525,9 +589,10 @@ class OnlineDetector:
         return {c: out[c].to_numpy() for c in out.columns}
 
     def _learn_content(self, ev: pl.DataFrame, rows: np.ndarray, acc: np.ndarray,
-                       ph: np.ndarray) -> None:
+                       ph: np.ndarray, ks: np.ndarray) -> None:
         """Classify the sampled prompts ``rows`` of ``ev`` (accounts ``acc``, prompt hashes
-        ``ph``) and count their tasks and templates.
+        ``ph``, positions ``ks`` in ``learn_many``'s sorted batch) and count their tasks and
+        templates.
 
         The classifier's answer for a (prompt, system, tools) and the template id of a
         prompt are kept in bounded caches (``CACHE_MAX`` entries, emptied when full): both
@@ -560,7 +625,9 @@ class OnlineDetector:
         np.add.at(self.c_["sens"], acc, got[:, 2])
         tids = self._template_ids(sub["prompt"], ph)
         inc = []
-        for a, t in zip(acc.tolist(), tids):
+        first_k: dict[tuple, int] = {}
+        for a, t, k in zip(acc.tolist(), tids, ks.tolist()):
+            first_k.setdefault((a, 8, t), k)
             rec = self.templates_.get(t)
             if rec is None:
                 self.templates_[t] = [1, a, 1]
@@ -570,7 +637,7 @@ class OnlineDetector:
                     rec[2] = 2
             inc.append((a, 8, t))
         self._hh_add_many(acc.tolist(), tids)
-        self._link(list(set(inc)))
+        self._link([t + (first_k[t],) for t in set(inc)])
 
     def _template_ids(self, prompts: pl.Series, ph: np.ndarray) -> list[int]:
         """Template ids (hash of the normalised prompt) of ``prompts``, whose hashes are
@@ -629,12 +696,15 @@ class OnlineDetector:
         return int(root)
 
     def _link(self, inc: list[tuple]) -> None:
+        """Index incidences ``(account, kind, value, event)`` (``event``: the position in
+        ``learn_many``'s sorted batch of the first event that carried the value)."""
         vindex, pairs, need, fam_n = self.vindex_, self.pairs_, self.min_families_, self.fam_n_
         conf = self.conf_set_ if self._lift_rule() is not None else None
+        log = getattr(self, "tie_log_", None)
         if self.protect and inc:
             a_all = np.fromiter((t[0] for t in inc), np.int64, len(inc))
             inc = [t for t, ok in zip(inc, (self.verdict_[a_all] != 2).tolist()) if ok]
-        for a, kind, value in inc:
+        for a, kind, value, k in inc:
             key = _vkey(kind, value)
             lst = vindex.get(key, 0)
             if lst is None:
@@ -653,6 +723,8 @@ class OnlineDetector:
             if conf:                                  # a rare value shared with a confident seed
                 if not conf.isdisjoint(lst):
                     self._seed_evidence(np.array([a]), np.array([bit], np.uint16))
+                    if log is not None:
+                        log.append((a, bit, k))
                 if a in conf:                         # (only without `protect`)
                     self._seed_evidence(np.array(lst), np.full(len(lst), bit, np.uint16))
             olds = pairs.or_many([(a << 32) | b if a < b else (b << 32) | a for b in lst], bit)
@@ -670,7 +742,7 @@ class OnlineDetector:
         """The online lift (``stream.inherit_lift``, None: off); keeps ``sev_groups_``, the
         number of its evidence groups each link-kind mask spans, in step with it."""
         cfg = self.signals_.stream
-        key = (cfg.inherit_lift, cfg.inherit_lift_require)
+        key = (cfg.inherit_lift, cfg.inherit_lift_require, cfg.prescore_require)
         if getattr(self, "ilift_key_", None) != key:
             self.ilift_key_ = key
             name = cfg.inherit_lift
@@ -679,9 +751,20 @@ class OnlineDetector:
             require = (cfg.inherit_lift_require if cfg.inherit_lift_require is not None
                        else lift.require if lift else ())
             need = sum(1 << KINDS.index(k) for k in require if k in KINDS)
+            masks = np.arange(len(self.sev_groups_))
             if need:                    # evidence without a required kind counts no group
-                self.sev_groups_[(np.arange(len(self.sev_groups_)) & need) == 0] = 0
+                self.sev_groups_[(masks & need) == 0] = 0
+            # the pre-score rule: the same groups, each of its requirements met
+            self.pre_groups_ = _groups_spanned(lift.group_masks(KINDS) if lift else [])
+            for req in cfg.prescore_require:
+                self.pre_groups_[(masks & sum(1 << KINDS.index(k) for k in req
+                                              if k in KINDS)) == 0] = 0
         return self.ilift_
+
+    def _prescore_min_groups(self) -> int:
+        """``stream.prescore_min_groups`` (0: off, and off without the online lift)."""
+        return int(self.signals_.stream.prescore_min_groups
+                   if self._lift_rule() is not None else 0)
 
     def _lift_min_groups(self) -> int:
         g = self.signals_.stream.inherit_lift_min_groups
@@ -1045,6 +1128,9 @@ class OnlineDetector:
                         else lift.min_score if lift.min_score is not None else 0.0)
             lift_ok = ((self.sev_groups_[self.sev_[idx]] >= self._lift_min_groups())
                        & (score >= lift_min)).tolist()
+            pre = self._prescore_min_groups()
+            pre_ok = ((self.pre_groups_[self.sev_[idx]] >= pre) if pre
+                      else np.zeros(len(idx), bool)).tolist()
         for j, i in enumerate(idx.tolist()):
             if code[j] == 2:
                 continue
@@ -1061,6 +1147,8 @@ class OnlineDetector:
                 why = "payment_shared_with_flagged"
             elif lift is not None and lift_ok[j]:
                 why = lift.reason
+            elif lift is not None and pre_ok[j]:
+                why = PRESCORE_REASON
             elif (cfg.inherit_linked and i in self.strong_
                   and int(seed[self.strong_[i]].sum()) >= cfg.inherit_linked):
                 if score[j] >= cfg.inherit_linked_min_score:
@@ -1306,13 +1394,14 @@ def _groups_spanned(group_masks: list[int]) -> np.ndarray:
     return out
 
 
-def _unique_pairs(a: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Distinct (a, v) pairs sorted by a, then v (as ``np.unique(..., axis=0)``, faster)."""
+def _unique_pairs(a: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Distinct (a, v) pairs sorted by a, then v (as ``np.unique(..., axis=0)``, faster), and
+    the index of each pair's first occurrence in the input."""
     o = np.lexsort((v, a))
     a, v = a[o], v[o]
     keep = np.ones(len(a), bool)
     keep[1:] = (a[1:] != a[:-1]) | (v[1:] != v[:-1])
-    return a[keep], v[keep]
+    return a[keep], v[keep], o[keep]
 
 
 def _vkey(kind: int, value: int) -> int:

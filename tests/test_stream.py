@@ -478,3 +478,137 @@ def test_online_lift_can_require_an_address_or_client_tie(learned):
     finally:
         det.signals_ = saved
         det._lift_rule()
+
+
+def _with_stream(det, **kw):
+    """``det`` with ``stream:`` settings ``kw`` replaced (the lift tables recomputed)."""
+    import dataclasses
+
+    det.signals_ = dataclasses.replace(det.signals_, stream=dataclasses.replace(
+        det.signals_.stream, **kw))
+    det._lift_rule()
+    return det
+
+
+def _seed_rare_ips(det, ev, k):
+    """A confident seed with at least ``k`` IPs still rare (≤ max_group holders) in the
+    shared-value index, and those IPs."""
+    from distillguard.stream.online import _vkey
+
+    for i in np.flatnonzero(det.conf_[:det.n_accounts_]).tolist():
+        ips = ev.filter(pl.col("account_id") == det.ids_[i])["ip"].unique(maintain_order=True)
+        rare = [ip for ip, h in zip(ips.to_list(), ips.hash(seed=17).to_list())
+                if i in (det.vindex_.get(_vkey(0, h)) or ())]
+        if len(rare) >= k:
+            return det.ids_[i], rare[:k]
+    pytest.skip(f"no confident seed with {k} rare IPs in this log")
+
+
+def test_prescore_flags_at_the_request_that_completes_the_ties(sim, log_frames):
+    """The pre-score rule (`stream.prescore_ties`), decided per event inside learn_many: a
+    newcomer whose requests come from 4 IPs each shared with a confident seed is `attack`
+    from its 4th request on (exchanges_seen 4, that request's time), before any scoring;
+    one whose requests use only 3 of them is not flagged, nor is anyone with the rule off."""
+    from distillguard.stream.online import PRESCORE_REASON
+
+    ev, acc, rel = log_frames
+    base = _learn(ev, acc, rel)
+    seed, ips = _seed_rare_ips(base, ev, 4)
+    truth = pl.read_csv(sim / "truth.csv")
+    benign = truth.filter(pl.col("segment") == "benign_casual")["account_id"].to_list()
+    tmpl = ev.filter(pl.col("account_id").is_in(benign)).head(1)
+    t0 = ev["ts"].max() + pl.duration(minutes=1)
+
+    def requests(name, seq):        # one request a second from the IPs in `seq`
+        return pl.concat([tmpl.with_columns(account_id=pl.lit(name), ip=pl.lit(ip),
+                                            ts=t0 + pl.duration(seconds=j))
+                          for j, ip in enumerate(seq)])
+
+    batch = pl.concat([requests("four_ips", ips + ips[:2]),
+                       requests("three_ips", ips[:3] * 2)]).sort("ts", maintain_order=True)
+    got = {}
+    for ties in ((("ip", 4),), ()):
+        det = _with_stream(_learn(ev, acc, rel), prescore_ties=ties)
+        det.learn_many(batch)
+        got[ties] = det.flagged_rows()
+        if ties:
+            for name, n_ties in (("four_ips", 4), ("three_ips", 3)):
+                assert det.tie_n_[det.index_[name], 0] == n_ties
+            assert det.state_of("four_ips")["verdict"] == "attack"
+            assert det.state_of("three_ips")["verdict"] != "attack"
+            # rescoring keeps the flag (the rule holds at every scoring)
+            det.score_many(np.array([det.index_["four_ips"]]))
+            assert det.state_of("four_ips")["verdict"] == "attack"
+    rows = got[(("ip", 4),)]
+    assert rows is not None and rows["account_id"].to_list() == ["four_ips"]
+    r = rows.row(0, named=True)
+    assert r["exchanges_seen"] == 4 and r["verdict"] == "attack"
+    assert r["reasons"] == PRESCORE_REASON
+    fourth = batch.filter(pl.col("account_id") == "four_ips")["ts"][3]
+    assert r["ts_us"] == int(fourth.timestamp() * 1_000_000)
+    assert got[()] is None
+
+
+def test_prescore_payment_tie_flags_a_newcomer_at_its_first_request(sim, log_frames, learned):
+    """`prescore_ties: {payment: 1}`: a newcomer on a confident seed's card is `attack` at its
+    first request (exchanges_seen 1), inside the batch, without waiting for the scoring at
+    the batch's end; a newcomer with a card of its own is not."""
+    ev, acc, rel = log_frames
+    paid = acc.filter(pl.col("payment_fingerprint").is_not_null())
+    strong = [a for a in paid["account_id"].to_list()
+              if a in learned.index_ and learned.conf_[learned.index_[a]]]
+    assert strong
+    src = paid.filter(pl.col("account_id") == strong[0])
+    newcomers = pl.concat([src.with_columns(account_id=pl.lit("on_seed_card")),
+                           src.with_columns(account_id=pl.lit("own_card"),
+                                            payment_fingerprint=pl.lit("card-of-its-own"))])
+    det = _with_stream(_learn(ev, pl.concat([acc, newcomers]), rel),
+                       prescore_ties=(("payment", 1),))
+    t0 = ev["ts"].max() + pl.duration(minutes=1)
+    one = ev.filter(pl.col("account_id") == strong[0]).head(1)
+    batch = pl.concat([one.with_columns(account_id=pl.lit(a), ts=t0 + pl.duration(seconds=j))
+                       for j in range(3) for a in ("on_seed_card", "own_card")])
+    det.learn_many(batch)
+    rows = det.flagged_rows()
+    assert rows["account_id"].to_list() == ["on_seed_card"]
+    assert rows["exchanges_seen"].to_list() == [1]
+    assert det.state_of("own_card")["verdict"] != "attack"
+
+
+def test_prescore_alerts_in_a_replay_name_the_deciding_request(sim, tmp_path):
+    """In `alerts.jsonl`, an account flagged before scoring has its alert at the request that
+    decided it: `ts` is the time of its `exchanges_seen`-th exchange (not the chunk end)."""
+    from distillguard.stream.online import PRESCORE_REASON
+
+    if not STREAM.prescore_ties and not STREAM.prescore_min_groups:
+        pytest.skip("pre-score rule off in the shipped signals")
+    out = tmp_path / "live"
+    replay([sim / "events"], accounts=sim / "accounts.csv", releases=sim / "releases.csv",
+           out=out, chunk_size=4000)
+    alerts = [json.loads(x) for x in (out / "alerts.jsonl").read_text().splitlines()]
+    pre = [a for a in alerts if a["reasons"] == PRESCORE_REASON]
+    assert pre, "no account flagged before scoring in this log"
+    with read_log([sim / "events"]) as log:
+        ev = log.events.select("account_id", "ts").collect().sort("ts", maintain_order=True)
+    for a in pre:
+        mine = ev.filter(pl.col("account_id") == a["account_id"])["ts"]
+        at = mine[a["exchanges_seen"] - 1]
+        assert at.isoformat().replace("+00:00", "Z") == a["ts"], a
+
+
+def test_prescore_settings_are_checked(tmp_path):
+    from importlib import resources
+
+    from distillguard.errors import ConfigError
+
+    text = "".join(line for line in resources.files("distillguard").joinpath(
+        "data/signals.yaml").read_text().splitlines(keepends=True)
+        if not line.lstrip().startswith("prescore_"))
+    anchor = "stream:\n"
+    for extra, msg in (("  prescore_ties: {ip: 0}\n", "prescore_ties"),
+                       ("  prescore_ties: {nope: 2}\n", "unknown link kind"),
+                       ("  prescore_require: [ip]\n", "prescore_require")):
+        bad = tmp_path / "signals.yaml"
+        bad.write_text(text.replace(anchor, anchor + extra, 1))
+        with pytest.raises(ConfigError, match=msg):
+            load_signals(bad)

@@ -112,6 +112,9 @@ class StreamConfig:
     which it needs) span at least this many of that lift's evidence groups is ``attack`` from
     the event that completed them on, whatever its count or score; each entry of
     ``prescore_require`` (a list of link kinds) must then be among the ties' kinds.
+    ``prescore_ties`` (link kind -> count) does the same when the account has at least that
+    many *ties* of that kind: values of its requests shared, when sent, with a confident seed
+    (and pairs with an account that becomes one).
     """
 
     grace: int = 20
@@ -130,6 +133,7 @@ class StreamConfig:
     inherit_lift_require: tuple[str, ...] | None = None
     prescore_min_groups: int = 0
     prescore_require: tuple[tuple[str, ...], ...] = ()
+    prescore_ties: tuple[tuple[str, int], ...] = ()
 
     def __post_init__(self) -> None:
         if self.grace < 1 or self.min_exchanges_attack < 1:
@@ -155,8 +159,14 @@ class StreamConfig:
             object.__setattr__(self, "inherit_lift_require", tuple(self.inherit_lift_require))
         if self.prescore_min_groups < 0:
             raise TypeError("prescore_min_groups must be >= 0 (0: off)")
-        if self.prescore_min_groups and self.inherit_lift is None:
-            raise TypeError("prescore_min_groups needs inherit_lift (its groups and seeds)")
+        ties = strip_lines(dict(self.prescore_ties or {}))
+        if any(not isinstance(v, int) or isinstance(v, bool) or not 1 <= v <= 255
+               for v in ties.values()):
+            raise TypeError("prescore_ties: counts must be integers in 1..255")
+        object.__setattr__(self, "prescore_ties", tuple(sorted(ties.items())))
+        if (self.prescore_min_groups or ties) and self.inherit_lift is None:
+            raise TypeError("prescore_min_groups / prescore_ties need inherit_lift (its "
+                            "confident seeds)")
         req = self.prescore_require or ()
         if isinstance(req, str) or any(isinstance(r, str) or not r for r in req):
             raise TypeError("prescore_require must be a list of non-empty lists of link kinds")
@@ -278,7 +288,8 @@ def load_signals(path: str | Path | None = None) -> SignalSet:
         raise ConfigError(f"{name}:{stream_raw.get('__line__', '?')}: stream: inherit_lift "
                           f"'{stream.inherit_lift}' is not the name of a lift in lifts:")
     for key, kinds in (("inherit_lift_require", stream.inherit_lift_require or ()),
-                       ("prescore_require", [k for r in stream.prescore_require for k in r])):
+                       ("prescore_require", [k for r in stream.prescore_require for k in r]),
+                       ("prescore_ties", [k for k, _ in stream.prescore_ties])):
         bad = [k for k in kinds if k not in link.kind_weights]
         if bad:
             raise ConfigError(f"{name}:{stream_raw.get('__line__', '?')}: stream: "

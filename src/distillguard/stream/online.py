@@ -216,6 +216,7 @@ class OnlineDetector:
         self.conf_ = np.zeros(cap, bool)              # a seed scoring >= inherit_seed_min_score
         self.conf_set_: set[int] = set()
         self.sev_ = np.zeros(cap, np.uint16)          # kinds of rare values shared with such
+        self.tie_n_ = np.zeros((cap, len(KINDS)), np.uint8)   # ... and their count per kind
         self.parent_ = np.arange(cap, dtype=np.int64)
         self.gkinds_ = np.zeros(cap, np.int64)        # link-kind bits per union-find root
         self.reasons_: list[str] = []
@@ -254,7 +255,7 @@ class OnlineDetector:
         self.hh_flag_ = g(self.hh_flag_)
         self.pd_val_, self.pd_dirty_ = g(self.pd_val_), g(self.pd_dirty_)
         self.verdict_, self.seed_ = g(self.verdict_), g(self.seed_)
-        self.conf_, self.sev_ = g(self.conf_), g(self.sev_)
+        self.conf_, self.sev_, self.tie_n_ = g(self.conf_), g(self.sev_), g(self.tie_n_)
         parent = np.arange(new, dtype=np.int64)
         parent[:cap] = self.parent_
         self.parent_, self.gkinds_ = parent, g(self.gkinds_)
@@ -362,11 +363,11 @@ class OnlineDetector:
         pos = np.arange(len(a_s)) - np.repeat(start, cnt)          # position within group
         C, F = self.c_, self.f_
         n_before = C["n"][u]
-        pre = self._prescore_min_groups()
+        pre = self._prescore_on()
         # ties to confident seeds made by this batch's events: (account, kind bit, event)
         self.tie_log_ = [] if pre else None
         self.flagged_ = None
-        sev0 = self.sev_[u].copy() if pre else None
+        sev0, tie0 = (self.sev_[u].copy(), self.tie_n_[u].copy()) if pre else (None, None)
         if inc:       # account-level incidences come with the account's first event
             ks = start[np.searchsorted(u, [t[0] for t in inc])].tolist()
             inc = [t + (k,) for t, k in zip(inc, ks)]
@@ -471,23 +472,23 @@ class OnlineDetector:
         if inc:
             self._link(inc)
         if pre:
-            self._prescore(pre, u, start, cnt, n_before, sev0, ts_s)
+            self._prescore(u, start, cnt, n_before, sev0, tie0, ts_s)
         due = u[C["n"][u] >= F["next_check"][u]]
         return due
 
-    def _prescore(self, need: int, u, start, cnt, n_before, sev0, ts_s) -> None:
-        """The pre-score rule (``stream.prescore_min_groups``): accounts of the batch (``u``,
-        their events at ``start`` .. ``start + cnt`` of the sorted batch, times ``ts_s``)
-        not ``attack`` whose ties to confident seeds now span ``need`` groups are ``attack``
-        from the event that completed them (their first of the batch when the ties were
-        there before it, ``sev0``); kept in ``flagged_`` (indices, exchanges at that event,
-        its time in µs) for the alerts."""
-        groups = self.pre_groups_
-        hit = np.flatnonzero((groups[self.sev_[u]] >= need) & (self.verdict_[u] != 2))
+    def _prescore(self, u, start, cnt, n_before, sev0, tie0, ts_s) -> None:
+        """The pre-score rule (``stream.prescore_*``): accounts of the batch (``u``, their
+        events at ``start`` .. ``start + cnt`` of the sorted batch, times ``ts_s``) not
+        ``attack`` whose ties to confident seeds now meet it are ``attack`` from the event
+        that completed them (their first of the batch when the ties were there before it:
+        ``sev0``, ``tie0``); kept in ``flagged_`` (indices, exchanges at that event, its time
+        in µs) for the alerts."""
+        hit = np.flatnonzero(self._pre_ok(self.sev_[u], self.tie_n_[u])
+                             & (self.verdict_[u] != 2))
         if not len(hit):
             return
-        at = start[hit] + cnt[hit] - 1           # bits set without an event: its last one
-        before = groups[sev0[hit]] >= need
+        at = start[hit] + cnt[hit] - 1           # ties made without an event: its last one
+        before = self._pre_ok(sev0[hit], tie0[hit])
         at[before] = start[hit][before]
         where = {int(a): j for j, a in enumerate(u[hit].tolist()) if not before[j]}
         ties: dict[int, list[tuple[int, int]]] = {}
@@ -496,10 +497,11 @@ class OnlineDetector:
                 ties.setdefault(a, []).append((k, bit))
         for a, lst in ties.items():
             j = where[a]
-            mask = int(sev0[hit[j]])
+            mask, count = sev0[hit[j]:hit[j] + 1].copy(), tie0[hit[j]:hit[j] + 1].copy()
             for k, bit in sorted(lst):
                 mask |= bit
-                if groups[mask] >= need:
+                count[0, bit.bit_length() - 1] += 1
+                if self._pre_ok(mask, count)[0]:
                     at[j] = k
                     break
         idx = u[hit]
@@ -726,7 +728,8 @@ class OnlineDetector:
                     if log is not None:
                         log.append((a, bit, k))
                 if a in conf:                         # (only without `protect`)
-                    self._seed_evidence(np.array(lst), np.full(len(lst), bit, np.uint16))
+                    self._seed_evidence(np.array(lst), np.full(len(lst), bit, np.uint16),
+                                        value=False)
             olds = pairs.or_many([(a << 32) | b if a < b else (b << 32) | a for b in lst], bit)
             for b, old in zip(lst, olds):
                 if fam_n[old | bit] >= need:
@@ -742,7 +745,8 @@ class OnlineDetector:
         """The online lift (``stream.inherit_lift``, None: off); keeps ``sev_groups_``, the
         number of its evidence groups each link-kind mask spans, in step with it."""
         cfg = self.signals_.stream
-        key = (cfg.inherit_lift, cfg.inherit_lift_require, cfg.prescore_require)
+        key = (cfg.inherit_lift, cfg.inherit_lift_require, cfg.prescore_require,
+               cfg.prescore_ties)
         if getattr(self, "ilift_key_", None) != key:
             self.ilift_key_ = key
             name = cfg.inherit_lift
@@ -759,23 +763,49 @@ class OnlineDetector:
             for req in cfg.prescore_require:
                 self.pre_groups_[(masks & sum(1 << KINDS.index(k) for k in req
                                               if k in KINDS)) == 0] = 0
+            self.pre_ties_ = np.zeros(len(KINDS), np.int64)     # 0: no rule for the kind
+            for k, c in cfg.prescore_ties:
+                if k in KINDS:
+                    self.pre_ties_[KINDS.index(k)] = c
         return self.ilift_
 
-    def _prescore_min_groups(self) -> int:
-        """``stream.prescore_min_groups`` (0: off, and off without the online lift)."""
-        return int(self.signals_.stream.prescore_min_groups
-                   if self._lift_rule() is not None else 0)
+    def _prescore_on(self) -> bool:
+        """Whether a pre-score rule is set (``stream.prescore_*``; needs the online lift)."""
+        cfg = self.signals_.stream
+        return bool(cfg.prescore_min_groups or cfg.prescore_ties) and \
+            self._lift_rule() is not None
+
+    def _pre_ok(self, sev: np.ndarray, ties: np.ndarray) -> np.ndarray:
+        """Whether seed-evidence masks ``sev`` with tie counts ``ties`` (rows) meet the
+        pre-score rule: enough evidence groups, or enough ties of one kind."""
+        need = self.signals_.stream.prescore_min_groups
+        ok = self.pre_groups_[sev] >= need if need else np.zeros(len(sev), bool)
+        if self.pre_ties_.any():
+            ok |= ((ties >= self.pre_ties_) & (self.pre_ties_ > 0)).any(axis=1)
+        return ok
 
     def _lift_min_groups(self) -> int:
         g = self.signals_.stream.inherit_lift_min_groups
         return int(g if g is not None else self.ilift_.min_groups)
 
-    def _seed_evidence(self, idx: np.ndarray, bits: np.ndarray) -> None:
+    def _seed_evidence(self, idx: np.ndarray, bits: np.ndarray, value: bool = True) -> None:
         """Add link-kind ``bits`` to the seed evidence of accounts ``idx`` (ties through rare
         values to confident seeds); those that reach the online lift's ``min_groups`` and are
-        not flagged yet become due for rescoring at their next exchange."""
+        not flagged yet become due for rescoring at their next exchange.
+
+        ``tie_n_`` counts the values (``value``: one a call, from a request) per kind; ties
+        through pairs with a new confident seed (``value=False``) count as one at most (a
+        pair may share one value or many)."""
         np.bitwise_or.at(self.sev_, idx, bits.astype(np.uint16))
-        idx = np.unique(idx)
+        if value:
+            b = int(bits[0]).bit_length() - 1
+            self.tie_n_[idx[0], b] = min(int(self.tie_n_[idx[0], b]) + 1, 255)
+        idx, inv = np.unique(idx, return_inverse=True)
+        if not value:
+            agg = np.zeros(len(idx), np.int64)
+            np.bitwise_or.at(agg, inv, bits.astype(np.int64))
+            has = (agg[:, None] >> np.arange(len(KINDS))) & 1 > 0
+            self.tie_n_[idx] = np.where(has, np.maximum(self.tie_n_[idx], 1), self.tie_n_[idx])
         hit = idx[(self.sev_groups_[self.sev_[idx]] >= self._lift_min_groups())
                   & (self.verdict_[idx] != 2)]
         if len(hit):
@@ -1123,13 +1153,12 @@ class OnlineDetector:
                 self.conf_set_.update(new_conf.tolist())
                 partner, bits = self.pairs_.partners(new_conf)
                 if len(partner):
-                    self._seed_evidence(partner, bits)
+                    self._seed_evidence(partner, bits, value=False)
             lift_min = (cfg.inherit_lift_min_score if cfg.inherit_lift_min_score is not None
                         else lift.min_score if lift.min_score is not None else 0.0)
             lift_ok = ((self.sev_groups_[self.sev_[idx]] >= self._lift_min_groups())
                        & (score >= lift_min)).tolist()
-            pre = self._prescore_min_groups()
-            pre_ok = ((self.pre_groups_[self.sev_[idx]] >= pre) if pre
+            pre_ok = (self._pre_ok(self.sev_[idx], self.tie_n_[idx]) if self._prescore_on()
                       else np.zeros(len(idx), bool)).tolist()
         for j, i in enumerate(idx.tolist()):
             if code[j] == 2:
@@ -1206,7 +1235,7 @@ class OnlineDetector:
         arrays = (list(self.c_.values()) + list(self.f_.values()) + list(self.meta_.values())
                   + [self.hour_, self.wday_, self.hll_, self.win_, self.task_, self.hh_id_,
                      self.hh_cnt_, self.verdict_, self.seed_, self.parent_, self.gkinds_,
-                     self.conf_, self.sev_])
+                     self.conf_, self.sev_, self.tie_n_])
         per_row = sum(a.nbytes // (a.shape[1] if a is self.hll_ else a.shape[0])
                       for a in arrays)
         ids = sum(len(s) + 49 for s in self.ids_) / n + 8 + 64   # str objects + dict slot
@@ -1227,7 +1256,7 @@ class OnlineDetector:
                 "win": self.win_[:n], "task": self.task_[:n], "hh_id": self.hh_id_[:n],
                 "hh_cnt": self.hh_cnt_[:n], "verdict": self.verdict_[:n], "seed": self.seed_[:n],
                 "parent": self.parent_[:n], "gkinds": self.gkinds_[:n],
-                "conf": self.conf_[:n], "sev": self.sev_[:n],
+                "conf": self.conf_[:n], "sev": self.sev_[:n], "tie_n": self.tie_n_[:n],
                 "pair_bits": np.array(["kinds"]),
                 "ids": np.array(self.ids_, dtype=str), "reasons": np.array(self.reasons_,
                                                                            dtype=str),
@@ -1268,6 +1297,8 @@ class OnlineDetector:
                      "parent", "gkinds", "conf", "sev"):
             getattr(self, name + "_")[:n] = z[name]
         self.hll_[:, :n] = z["hll"]
+        if "tie_n" in z:                # (states before the pre-score rule: no ties counted)
+            self.tie_n_[:n] = z["tie_n"]
         self.ids_ = z["ids"].tolist()
         self.index_ = {a: i for i, a in enumerate(self.ids_)}
         for a in self.ids_:

@@ -19,11 +19,12 @@ from distillguard.fingerprint import account_features
 from distillguard.read import read_log
 from distillguard.simulate import simulate
 from distillguard.stream import OnlineDetector
+from distillguard.stream.online import PRESCORE_REASON
 from distillguard.signals import load_signals
 from distillguard.stream.replay import iter_chunks, replay
 
 STREAM = load_signals().stream
-INHERITED = {"payment_shared_with_flagged", "linked_to_flagged"} | {
+INHERITED = {"payment_shared_with_flagged", "linked_to_flagged", PRESCORE_REASON} | {
     x.reason for x in load_signals().lifts if x.name == STREAM.inherit_lift}
 
 
@@ -355,6 +356,7 @@ def test_online_attack_threshold_replaces_the_scorers(log_frames, learned):
         det = _learn(ev, acc, rel)
         det.signals_ = dataclasses.replace(det.signals_, stream=dataclasses.replace(
             det.signals_.stream, attack_threshold=thr, inherit_payment=0, inherit_lift=None,
+            prescore_ties=(),
             min_exchanges_attack=1, early_exchanges=0))
         out = det.score_many(idx)
         own = out.filter(pl.col("verdict") == "attack")
@@ -382,7 +384,8 @@ def test_a_weak_seed_does_not_pass_its_flag_through_a_shared_card(sim, log_frame
     for bar in (1.0, 0.0):
         det = _learn(ev, pl.concat([acc, src.with_columns(account_id=pl.lit("newcomer"))]), rel)
         det.signals_ = dataclasses.replace(det.signals_, stream=dataclasses.replace(
-            det.signals_.stream, inherit_seed_min_score=bar, inherit_lift=None))
+            det.signals_.stream, inherit_seed_min_score=bar, inherit_lift=None,
+            prescore_ties=()))
         det.score_many(det.learn_many(first))
         got[bar] = det.state_of("newcomer")["verdict"]
     assert got[0.0] == "attack" and got[1.0] != "attack"
@@ -416,7 +419,8 @@ def test_newcomer_tied_to_a_confident_seed_through_enough_evidence_inherits(sim,
     for rule in (STREAM.inherit_lift, None):
         det = _learn(ev, pl.concat([acc, newcomers]), rel)
         det.signals_ = dataclasses.replace(det.signals_, stream=dataclasses.replace(
-            det.signals_.stream, inherit_lift=rule, inherit_lift_min_score=0.0))
+            det.signals_.stream, inherit_lift=rule, inherit_lift_min_score=0.0,
+            prescore_ties=STREAM.prescore_ties if rule else ()))
         first = pl.concat([last.with_columns(account_id=pl.lit("copycat"), ts=t_next),
                            other.with_columns(account_id=pl.lit("stranger"), ts=t_next,
                                               ip=pl.lit("203.0.113.77"))])
@@ -509,8 +513,6 @@ def test_prescore_flags_at_the_request_that_completes_the_ties(sim, log_frames):
     newcomer whose requests come from 4 IPs each shared with a confident seed is `attack`
     from its 4th request on (exchanges_seen 4, that request's time), before any scoring;
     one whose requests use only 3 of them is not flagged, nor is anyone with the rule off."""
-    from distillguard.stream.online import PRESCORE_REASON
-
     ev, acc, rel = log_frames
     base = _learn(ev, acc, rel)
     seed, ips = _seed_rare_ips(base, ev, 4)
@@ -578,8 +580,6 @@ def test_prescore_payment_tie_flags_a_newcomer_at_its_first_request(sim, log_fra
 def test_prescore_alerts_in_a_replay_name_the_deciding_request(sim, tmp_path):
     """In `alerts.jsonl`, an account flagged before scoring has its alert at the request that
     decided it: `ts` is the time of its `exchanges_seen`-th exchange (not the chunk end)."""
-    from distillguard.stream.online import PRESCORE_REASON
-
     if not STREAM.prescore_ties and not STREAM.prescore_min_groups:
         pytest.skip("pre-score rule off in the shipped signals")
     out = tmp_path / "live"
@@ -612,3 +612,37 @@ def test_prescore_settings_are_checked(tmp_path):
         bad.write_text(text.replace(anchor, anchor + extra, 1))
         with pytest.raises(ConfigError, match=msg):
             load_signals(bad)
+
+
+def test_prescore_rule_tables(learned):
+    """`_pre_ok`: with `prescore_min_groups` 3 and an address / client tie required, ties of
+    3 evidence groups with an IP pass, 3 groups without one or 2 groups with one do not; with
+    `prescore_ties` {ip: 4} only the count of IP ties decides (4 yes, 3 no, other kinds no)."""
+    from distillguard.stream.online import KINDS
+
+    def bit(*kinds):
+        return sum(1 << KINDS.index(k) for k in kinds)
+
+    det = learned
+    saved = det.signals_
+    zero = np.zeros((1, len(KINDS)), np.uint8)
+    try:
+        _with_stream(det, prescore_min_groups=3, prescore_require=(("ip", "ip_prefix",
+                                                                     "client"),),
+                     prescore_ties=())
+        for kinds, ok in ((("ip", "template", "tool_schema"), True),
+                          (("payment", "template", "tool_schema"), False),
+                          (("ip", "ip_prefix", "template"), False)):
+            assert det._pre_ok(np.array([bit(*kinds)]), zero)[0] == ok, kinds
+        _with_stream(det, prescore_min_groups=0, prescore_require=(),
+                     prescore_ties=(("ip", 4),))
+        counts = zero.copy()
+        for n, ok in ((3, False), (4, True)):
+            counts[0, KINDS.index("ip")] = n
+            assert det._pre_ok(np.array([bit("ip")]), counts)[0] == ok
+        other = zero.copy()
+        other[0, KINDS.index("template")] = 200
+        assert not det._pre_ok(np.array([bit("template", "tool_schema", "client")]), other)[0]
+    finally:
+        det.signals_ = saved
+        det._lift_rule()

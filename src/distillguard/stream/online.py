@@ -705,7 +705,14 @@ class OnlineDetector:
         log = getattr(self, "tie_log_", None)
         if self.protect and inc:
             a_all = np.fromiter((t[0] for t in inc), np.int64, len(inc))
-            inc = [t for t, ok in zip(inc, (self.verdict_[a_all] != 2).tolist()) if ok]
+            keep = self.verdict_[a_all] != 2
+            if not keep.all() and self._prescore_on():
+                # an account attack by the pre-score rule alone keeps feeding the indexes:
+                # its ties are why it is flagged, and its later values tie its mates
+                off = np.flatnonzero(~keep)
+                keep[off] = [self.reasons_[x].startswith(PRESCORE_REASON)
+                             for x in a_all[off].tolist()]
+            inc = [t for t, ok in zip(inc, keep.tolist()) if ok]
         for a, kind, value, k in inc:
             key = _vkey(kind, value)
             lst = vindex.get(key, 0)
@@ -724,7 +731,7 @@ class OnlineDetector:
             bit = 1 << kind
             if conf:                                  # a rare value shared with a confident seed
                 if not conf.isdisjoint(lst):
-                    self._seed_evidence(np.array([a]), np.array([bit], np.uint16))
+                    self._seed_evidence([a], [bit])
                     if log is not None:
                         log.append((a, bit, k))
                 if a in conf:                         # (only without `protect`)
@@ -796,16 +803,21 @@ class OnlineDetector:
         ``tie_n_`` counts the values (``value``: one a call, from a request) per kind; ties
         through pairs with a new confident seed (``value=False``) count as one at most (a
         pair may share one value or many)."""
+        if value:                         # one account, one kind bit (from _link)
+            a, bit = int(idx[0]), int(bits[0])
+            self.sev_[a] |= bit
+            b = bit.bit_length() - 1
+            self.tie_n_[a, b] = min(int(self.tie_n_[a, b]) + 1, 255)
+            if (self.sev_groups_[self.sev_[a]] >= self._lift_min_groups()
+                    and self.verdict_[a] != 2):
+                self._due_now([a])
+            return
         np.bitwise_or.at(self.sev_, idx, bits.astype(np.uint16))
-        if value:
-            b = int(bits[0]).bit_length() - 1
-            self.tie_n_[idx[0], b] = min(int(self.tie_n_[idx[0], b]) + 1, 255)
         idx, inv = np.unique(idx, return_inverse=True)
-        if not value:
-            agg = np.zeros(len(idx), np.int64)
-            np.bitwise_or.at(agg, inv, bits.astype(np.int64))
-            has = (agg[:, None] >> np.arange(len(KINDS))) & 1 > 0
-            self.tie_n_[idx] = np.where(has, np.maximum(self.tie_n_[idx], 1), self.tie_n_[idx])
+        agg = np.zeros(len(idx), np.int64)
+        np.bitwise_or.at(agg, inv, bits.astype(np.int64))
+        has = (agg[:, None] >> np.arange(len(KINDS))) & 1 > 0
+        self.tie_n_[idx] = np.where(has, np.maximum(self.tie_n_[idx], 1), self.tie_n_[idx])
         hit = idx[(self.sev_groups_[self.sev_[idx]] >= self._lift_min_groups())
                   & (self.verdict_[idx] != 2)]
         if len(hit):

@@ -58,7 +58,7 @@ MEMBER_COLUMNS = frozenset({"n_exchanges", "n_ips", "pivot_share", "pivot_window
                             "payment_fingerprint", "email_domain"})
 KINDS = ("ip", "ip_prefix", "client", "payment", "email_domain", "signup_burst",
          "system_prompt", "tool_schema", "template")
-# reason of an account flagged by the pre-score rule (stream.prescore_min_groups)
+# reason of an account flagged by the pre-score rule (stream.prescore_*)
 PRESCORE_REASON = "rare_values_shared_with_flagged_before_scoring"
 _US = 1_000_000
 _DAY_US = 86400 * _US
@@ -497,7 +497,8 @@ class OnlineDetector:
                 ties.setdefault(a, []).append((k, bit))
         for a, lst in ties.items():
             j = where[a]
-            mask, count = sev0[hit[j]:hit[j] + 1].copy(), tie0[hit[j]:hit[j] + 1].copy()
+            mask = sev0[hit[j]:hit[j] + 1].copy()
+            count = tie0[hit[j]:hit[j] + 1].astype(np.int64)      # (no uint8 wrap)
             for k, bit in sorted(lst):
                 mask |= bit
                 count[0, bit.bit_length() - 1] += 1

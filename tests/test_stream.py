@@ -356,7 +356,7 @@ def test_online_attack_threshold_replaces_the_scorers(log_frames, learned):
         det = _learn(ev, acc, rel)
         det.signals_ = dataclasses.replace(det.signals_, stream=dataclasses.replace(
             det.signals_.stream, attack_threshold=thr, inherit_payment=0, inherit_lift=None,
-            prescore_ties=(),
+            prescore_ties=(), inherit_solo=None,
             min_exchanges_attack=1, early_exchanges=0))
         out = det.score_many(idx)
         own = out.filter(pl.col("verdict") == "attack")
@@ -385,7 +385,7 @@ def test_a_weak_seed_does_not_pass_its_flag_through_a_shared_card(sim, log_frame
         det = _learn(ev, pl.concat([acc, src.with_columns(account_id=pl.lit("newcomer"))]), rel)
         det.signals_ = dataclasses.replace(det.signals_, stream=dataclasses.replace(
             det.signals_.stream, inherit_seed_min_score=bar, inherit_lift=None,
-            prescore_ties=()))
+            prescore_ties=(), inherit_solo=None))
         det.score_many(det.learn_many(first))
         got[bar] = det.state_of("newcomer")["verdict"]
     assert got[0.0] == "attack" and got[1.0] != "attack"
@@ -420,7 +420,8 @@ def test_newcomer_tied_to_a_confident_seed_through_enough_evidence_inherits(sim,
         det = _learn(ev, pl.concat([acc, newcomers]), rel)
         det.signals_ = dataclasses.replace(det.signals_, stream=dataclasses.replace(
             det.signals_.stream, inherit_lift=rule, inherit_lift_min_score=0.0,
-            prescore_ties=STREAM.prescore_ties if rule else ()))
+            prescore_ties=STREAM.prescore_ties if rule else (),
+            inherit_solo=STREAM.inherit_solo if rule else None))
         first = pl.concat([last.with_columns(account_id=pl.lit("copycat"), ts=t_next),
                            other.with_columns(account_id=pl.lit("stranger"), ts=t_next,
                                               ip=pl.lit("203.0.113.77"))])
@@ -603,11 +604,12 @@ def test_prescore_settings_are_checked(tmp_path):
 
     text = "".join(line for line in resources.files("distillguard").joinpath(
         "data/signals.yaml").read_text().splitlines(keepends=True)
-        if not line.lstrip().startswith("prescore_"))
+        if not line.lstrip().startswith(("prescore_", "inherit_solo")))
     anchor = "stream:\n"
     for extra, msg in (("  prescore_ties: {ip: 0}\n", "prescore_ties"),
                        ("  prescore_ties: {nope: 2}\n", "unknown link kind"),
-                       ("  prescore_require: [ip]\n", "prescore_require")):
+                       ("  prescore_require: [ip]\n", "prescore_require"),
+                       ("  inherit_solo: multi_evidence\n", "solo_only")):
         bad = tmp_path / "signals.yaml"
         bad.write_text(text.replace(anchor, anchor + extra, 1))
         with pytest.raises(ConfigError, match=msg):
@@ -646,3 +648,37 @@ def test_prescore_rule_tables(learned):
     finally:
         det.signals_ = saved
         det._lift_rule()
+
+
+def test_solo_lift_online(log_frames):
+    """`stream.inherit_solo` (the batch `solo_rare_ip` lift online): an account below attack
+    with no direct link, own score >= the lift's min_score and a rare IP shared with a
+    confident seed is `attack` with the lift's reason; with a lower score, a direct link, no
+    such tie or the rule off it is not."""
+    from distillguard.stream.online import KINDS
+
+    ev, acc, rel = log_frames
+    det = _learn(ev, acc, rel)
+    lift = next(x for x in det.signals_.lifts if x.name == "solo_rare_ip")
+    n = det.n_accounts_
+    quiet = [i for i in range(n) if det.verdict_[i] == 0 and not det.sev_[i]
+             and i not in det.strong_]
+    assert len(quiet) >= 2
+    i, other = quiet[:2]
+    ip = 1 << KINDS.index("ip")
+
+    def verdict(score, sev=ip, linked=False, rule="solo_rare_ip"):
+        _with_stream(det, inherit_solo=rule, inherit_payment=0)   # (its card: not the point)
+        det.sev_[i] = sev
+        if linked:
+            det.strong_[i] = [other]
+        code, reasons, _ = det._group_verdicts(np.array([i]), np.array([score]),
+                                               np.array([1], np.int8), [""])
+        det.strong_.pop(i, None)
+        return int(code[0]), reasons[0]
+
+    assert verdict(lift.min_score + 0.05) == (2, lift.reason)
+    assert verdict(lift.min_score - 0.05)[0] == 1
+    assert verdict(lift.min_score + 0.05, linked=True)[0] == 1
+    assert verdict(lift.min_score + 0.05, sev=1 << KINDS.index("template"))[0] == 1
+    assert verdict(lift.min_score + 0.05, rule=None)[0] == 1

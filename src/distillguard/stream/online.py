@@ -754,7 +754,7 @@ class OnlineDetector:
         number of its evidence groups each link-kind mask spans, in step with it."""
         cfg = self.signals_.stream
         key = (cfg.inherit_lift, cfg.inherit_lift_require, cfg.prescore_require,
-               cfg.prescore_ties)
+               cfg.prescore_ties, cfg.inherit_solo)
         if getattr(self, "ilift_key_", None) != key:
             self.ilift_key_ = key
             name = cfg.inherit_lift
@@ -771,6 +771,11 @@ class OnlineDetector:
             for req in cfg.prescore_require:
                 self.pre_groups_[(masks & sum(1 << KINDS.index(k) for k in req
                                               if k in KINDS)) == 0] = 0
+            # the solo lift online (stream.inherit_solo): its kinds as a mask
+            self.solo_ = next((x for x in self.signals_.lifts if x.name == cfg.inherit_solo),
+                              None)
+            self.solo_kinds_ = sum(1 << KINDS.index(k) for k in set(
+                self.solo_.kinds if self.solo_ else ()) if k in KINDS)
             self.pre_ties_ = np.zeros(len(KINDS), np.int64)     # 0: no rule for the kind
             for k, c in cfg.prescore_ties:
                 if k in KINDS:
@@ -1173,6 +1178,12 @@ class OnlineDetector:
                        & (score >= lift_min)).tolist()
             pre_ok = (self._pre_ok(self.sev_[idx], self.tie_n_[idx]) if self._prescore_on()
                       else np.zeros(len(idx), bool)).tolist()
+            solo = self.solo_
+            if solo is not None:        # solo: no direct link (strong_), so no live cluster
+                solo_min = solo.min_score if solo.min_score is not None else (
+                    cfg.attack_threshold or 0.0)
+                solo_ok = ((score >= solo_min) & ((self.sev_[idx] & self.solo_kinds_) > 0)
+                           ).tolist()
         for j, i in enumerate(idx.tolist()):
             if code[j] == 2:
                 continue
@@ -1191,6 +1202,8 @@ class OnlineDetector:
                 why = lift.reason
             elif lift is not None and pre_ok[j]:
                 why = PRESCORE_REASON
+            elif lift is not None and solo is not None and solo_ok[j] and i not in self.strong_:
+                why = solo.reason
             elif (cfg.inherit_linked and i in self.strong_
                   and int(seed[self.strong_[i]].sum()) >= cfg.inherit_linked):
                 if score[j] >= cfg.inherit_linked_min_score:

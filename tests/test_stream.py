@@ -19,11 +19,12 @@ from distillguard.fingerprint import account_features
 from distillguard.read import read_log
 from distillguard.simulate import simulate
 from distillguard.stream import OnlineDetector
+from distillguard.stream.online import PRESCORE_REASON
 from distillguard.signals import load_signals
 from distillguard.stream.replay import iter_chunks, replay
 
 STREAM = load_signals().stream
-INHERITED = {"payment_shared_with_flagged", "linked_to_flagged"} | {
+INHERITED = {"payment_shared_with_flagged", "linked_to_flagged", PRESCORE_REASON} | {
     x.reason for x in load_signals().lifts if x.name == STREAM.inherit_lift}
 
 
@@ -355,6 +356,7 @@ def test_online_attack_threshold_replaces_the_scorers(log_frames, learned):
         det = _learn(ev, acc, rel)
         det.signals_ = dataclasses.replace(det.signals_, stream=dataclasses.replace(
             det.signals_.stream, attack_threshold=thr, inherit_payment=0, inherit_lift=None,
+            prescore_ties=(), inherit_solo=None,
             min_exchanges_attack=1, early_exchanges=0))
         out = det.score_many(idx)
         own = out.filter(pl.col("verdict") == "attack")
@@ -382,7 +384,8 @@ def test_a_weak_seed_does_not_pass_its_flag_through_a_shared_card(sim, log_frame
     for bar in (1.0, 0.0):
         det = _learn(ev, pl.concat([acc, src.with_columns(account_id=pl.lit("newcomer"))]), rel)
         det.signals_ = dataclasses.replace(det.signals_, stream=dataclasses.replace(
-            det.signals_.stream, inherit_seed_min_score=bar, inherit_lift=None))
+            det.signals_.stream, inherit_seed_min_score=bar, inherit_lift=None,
+            prescore_ties=(), inherit_solo=None))
         det.score_many(det.learn_many(first))
         got[bar] = det.state_of("newcomer")["verdict"]
     assert got[0.0] == "attack" and got[1.0] != "attack"
@@ -416,7 +419,9 @@ def test_newcomer_tied_to_a_confident_seed_through_enough_evidence_inherits(sim,
     for rule in (STREAM.inherit_lift, None):
         det = _learn(ev, pl.concat([acc, newcomers]), rel)
         det.signals_ = dataclasses.replace(det.signals_, stream=dataclasses.replace(
-            det.signals_.stream, inherit_lift=rule, inherit_lift_min_score=0.0))
+            det.signals_.stream, inherit_lift=rule, inherit_lift_min_score=0.0,
+            prescore_ties=STREAM.prescore_ties if rule else (),
+            inherit_solo=STREAM.inherit_solo if rule else None))
         first = pl.concat([last.with_columns(account_id=pl.lit("copycat"), ts=t_next),
                            other.with_columns(account_id=pl.lit("stranger"), ts=t_next,
                                               ip=pl.lit("203.0.113.77"))])
@@ -478,3 +483,202 @@ def test_online_lift_can_require_an_address_or_client_tie(learned):
     finally:
         det.signals_ = saved
         det._lift_rule()
+
+
+def _with_stream(det, **kw):
+    """``det`` with ``stream:`` settings ``kw`` replaced (the lift tables recomputed)."""
+    import dataclasses
+
+    det.signals_ = dataclasses.replace(det.signals_, stream=dataclasses.replace(
+        det.signals_.stream, **kw))
+    det._lift_rule()
+    return det
+
+
+def _seed_rare_ips(det, ev, k):
+    """A confident seed with at least ``k`` IPs still rare (≤ max_group holders) in the
+    shared-value index, and those IPs."""
+    from distillguard.stream.online import _vkey
+
+    for i in np.flatnonzero(det.conf_[:det.n_accounts_]).tolist():
+        ips = ev.filter(pl.col("account_id") == det.ids_[i])["ip"].unique(maintain_order=True)
+        rare = [ip for ip, h in zip(ips.to_list(), ips.hash(seed=17).to_list())
+                if i in (det.vindex_.get(_vkey(0, h)) or ())]
+        if len(rare) >= k:
+            return det.ids_[i], rare[:k]
+    pytest.skip(f"no confident seed with {k} rare IPs in this log")
+
+
+def test_prescore_flags_at_the_request_that_completes_the_ties(sim, log_frames):
+    """The pre-score rule (`stream.prescore_ties`), decided per event inside learn_many: a
+    newcomer whose requests come from 4 IPs each shared with a confident seed is `attack`
+    from its 4th request on (exchanges_seen 4, that request's time), before any scoring;
+    one whose requests use only 3 of them is not flagged, nor is anyone with the rule off."""
+    ev, acc, rel = log_frames
+    base = _learn(ev, acc, rel)
+    seed, ips = _seed_rare_ips(base, ev, 4)
+    truth = pl.read_csv(sim / "truth.csv")
+    benign = truth.filter(pl.col("segment") == "benign_casual")["account_id"].to_list()
+    tmpl = ev.filter(pl.col("account_id").is_in(benign)).head(1)
+    t0 = ev["ts"].max() + pl.duration(minutes=1)
+
+    def requests(name, seq):        # one request a second from the IPs in `seq`
+        return pl.concat([tmpl.with_columns(account_id=pl.lit(name), ip=pl.lit(ip),
+                                            ts=t0 + pl.duration(seconds=j))
+                          for j, ip in enumerate(seq)])
+
+    batch = pl.concat([requests("four_ips", ips + ips[:2]),
+                       requests("three_ips", ips[:3] * 2)]).sort("ts", maintain_order=True)
+    got = {}
+    for ties in ((("ip", 4),), ()):
+        det = _with_stream(_learn(ev, acc, rel), prescore_ties=ties)
+        det.learn_many(batch)
+        got[ties] = det.flagged_rows()
+        if ties:
+            for name, n_ties in (("four_ips", 4), ("three_ips", 3)):
+                assert det.tie_n_[det.index_[name], 0] == n_ties
+            assert det.state_of("four_ips")["verdict"] == "attack"
+            assert det.state_of("three_ips")["verdict"] != "attack"
+            # rescoring keeps the flag (the rule holds at every scoring)
+            det.score_many(np.array([det.index_["four_ips"]]))
+            assert det.state_of("four_ips")["verdict"] == "attack"
+    rows = got[(("ip", 4),)]
+    assert rows is not None and rows["account_id"].to_list() == ["four_ips"]
+    r = rows.row(0, named=True)
+    assert r["exchanges_seen"] == 4 and r["verdict"] == "attack"
+    assert r["reasons"] == PRESCORE_REASON
+    fourth = batch.filter(pl.col("account_id") == "four_ips")["ts"][3]
+    assert r["ts_us"] == int(fourth.timestamp() * 1_000_000)
+    assert got[()] is None
+
+
+def test_prescore_payment_tie_flags_a_newcomer_at_its_first_request(sim, log_frames, learned):
+    """`prescore_ties: {payment: 1}`: a newcomer on a confident seed's card is `attack` at its
+    first request (exchanges_seen 1), inside the batch, without waiting for the scoring at
+    the batch's end; a newcomer with a card of its own is not."""
+    ev, acc, rel = log_frames
+    paid = acc.filter(pl.col("payment_fingerprint").is_not_null())
+    strong = [a for a in paid["account_id"].to_list()
+              if a in learned.index_ and learned.conf_[learned.index_[a]]]
+    assert strong
+    src = paid.filter(pl.col("account_id") == strong[0])
+    newcomers = pl.concat([src.with_columns(account_id=pl.lit("on_seed_card")),
+                           src.with_columns(account_id=pl.lit("own_card"),
+                                            payment_fingerprint=pl.lit("card-of-its-own"))])
+    det = _with_stream(_learn(ev, pl.concat([acc, newcomers]), rel),
+                       prescore_ties=(("payment", 1),))
+    t0 = ev["ts"].max() + pl.duration(minutes=1)
+    one = ev.filter(pl.col("account_id") == strong[0]).head(1)
+    batch = pl.concat([one.with_columns(account_id=pl.lit(a), ts=t0 + pl.duration(seconds=j))
+                       for j in range(3) for a in ("on_seed_card", "own_card")])
+    det.learn_many(batch)
+    rows = det.flagged_rows()
+    assert rows["account_id"].to_list() == ["on_seed_card"]
+    assert rows["exchanges_seen"].to_list() == [1]
+    assert det.state_of("own_card")["verdict"] != "attack"
+
+
+def test_prescore_alerts_in_a_replay_name_the_deciding_request(sim, tmp_path):
+    """In `alerts.jsonl`, an account flagged before scoring has its alert at the request that
+    decided it: `ts` is the time of its `exchanges_seen`-th exchange (not the chunk end)."""
+    if not STREAM.prescore_ties and not STREAM.prescore_min_groups:
+        pytest.skip("pre-score rule off in the shipped signals")
+    out = tmp_path / "live"
+    replay([sim / "events"], accounts=sim / "accounts.csv", releases=sim / "releases.csv",
+           out=out, chunk_size=4000)
+    alerts = [json.loads(x) for x in (out / "alerts.jsonl").read_text().splitlines()]
+    pre = [a for a in alerts if a["reasons"] == PRESCORE_REASON]
+    assert pre, "no account flagged before scoring in this log"
+    with read_log([sim / "events"]) as log:
+        ev = log.events.select("account_id", "ts").collect().sort("ts", maintain_order=True)
+    for a in pre:
+        mine = ev.filter(pl.col("account_id") == a["account_id"])["ts"]
+        at = mine[a["exchanges_seen"] - 1]
+        assert at.isoformat().replace("+00:00", "Z") == a["ts"], a
+
+
+def test_prescore_settings_are_checked(tmp_path):
+    from importlib import resources
+
+    from distillguard.errors import ConfigError
+
+    text = "".join(line for line in resources.files("distillguard").joinpath(
+        "data/signals.yaml").read_text().splitlines(keepends=True)
+        if not line.lstrip().startswith(("prescore_", "inherit_solo")))
+    anchor = "stream:\n"
+    for extra, msg in (("  prescore_ties: {ip: 0}\n", "prescore_ties"),
+                       ("  prescore_ties: {nope: 2}\n", "unknown link kind"),
+                       ("  prescore_require: [ip]\n", "prescore_require"),
+                       ("  inherit_solo: multi_evidence\n", "solo_only")):
+        bad = tmp_path / "signals.yaml"
+        bad.write_text(text.replace(anchor, anchor + extra, 1))
+        with pytest.raises(ConfigError, match=msg):
+            load_signals(bad)
+
+
+def test_prescore_rule_tables(learned):
+    """`_pre_ok`: with `prescore_min_groups` 3 and an address / client tie required, ties of
+    3 evidence groups with an IP pass, 3 groups without one or 2 groups with one do not; with
+    `prescore_ties` {ip: 4} only the count of IP ties decides (4 yes, 3 no, other kinds no)."""
+    from distillguard.stream.online import KINDS
+
+    def bit(*kinds):
+        return sum(1 << KINDS.index(k) for k in kinds)
+
+    det = learned
+    saved = det.signals_
+    zero = np.zeros((1, len(KINDS)), np.uint8)
+    try:
+        _with_stream(det, prescore_min_groups=3, prescore_require=(("ip", "ip_prefix",
+                                                                     "client"),),
+                     prescore_ties=())
+        for kinds, ok in ((("ip", "template", "tool_schema"), True),
+                          (("payment", "template", "tool_schema"), False),
+                          (("ip", "ip_prefix", "template"), False)):
+            assert det._pre_ok(np.array([bit(*kinds)]), zero)[0] == ok, kinds
+        _with_stream(det, prescore_min_groups=0, prescore_require=(),
+                     prescore_ties=(("ip", 4),))
+        counts = zero.copy()
+        for n, ok in ((3, False), (4, True)):
+            counts[0, KINDS.index("ip")] = n
+            assert det._pre_ok(np.array([bit("ip")]), counts)[0] == ok
+        other = zero.copy()
+        other[0, KINDS.index("template")] = 200
+        assert not det._pre_ok(np.array([bit("template", "tool_schema", "client")]), other)[0]
+    finally:
+        det.signals_ = saved
+        det._lift_rule()
+
+
+def test_solo_lift_online(log_frames):
+    """`stream.inherit_solo` (the batch `solo_rare_ip` lift online): an account below attack
+    with no direct link, own score >= the lift's min_score and a rare IP shared with a
+    confident seed is `attack` with the lift's reason; with a lower score, a direct link, no
+    such tie or the rule off it is not."""
+    from distillguard.stream.online import KINDS
+
+    ev, acc, rel = log_frames
+    det = _learn(ev, acc, rel)
+    lift = next(x for x in det.signals_.lifts if x.name == "solo_rare_ip")
+    n = det.n_accounts_
+    quiet = [i for i in range(n) if det.verdict_[i] == 0 and not det.sev_[i]
+             and i not in det.strong_]
+    assert len(quiet) >= 2
+    i, other = quiet[:2]
+    ip = 1 << KINDS.index("ip")
+
+    def verdict(score, sev=ip, linked=False, rule="solo_rare_ip"):
+        _with_stream(det, inherit_solo=rule, inherit_payment=0)   # (its card: not the point)
+        det.sev_[i] = sev
+        if linked:
+            det.strong_[i] = [other]
+        code, reasons, _ = det._group_verdicts(np.array([i]), np.array([score]),
+                                               np.array([1], np.int8), [""])
+        det.strong_.pop(i, None)
+        return int(code[0]), reasons[0]
+
+    assert verdict(lift.min_score + 0.05) == (2, lift.reason)
+    assert verdict(lift.min_score - 0.05)[0] == 1
+    assert verdict(lift.min_score + 0.05, linked=True)[0] == 1
+    assert verdict(lift.min_score + 0.05, sev=1 << KINDS.index("template"))[0] == 1
+    assert verdict(lift.min_score + 0.05, rule=None)[0] == 1

@@ -114,6 +114,18 @@ class StreamConfig:
     replaces the scorer's attack threshold online: the online features (sketches, partial
     histories) score differently from batch ones, so the threshold is calibrated on online
     scores of fresh seeds by ``tools/fit_stream.py``.
+    ``prescore_min_groups`` (0: off) decides before any scoring, per event: an account not
+    ``attack`` whose ties through rare values to confident seeds (as for ``inherit_lift``,
+    which it needs) span at least this many of that lift's evidence groups is ``attack`` from
+    the event that completed them on, whatever its count or score; each entry of
+    ``prescore_require`` (a list of link kinds) must then be among the ties' kinds.
+    ``inherit_solo`` names a ``solo_only`` lift to apply online: an account below ``attack``
+    with no direct link to another account (so no live cluster either), whose own score is at
+    least that lift's ``min_score`` and whose rare values tie it to a confident seed through
+    one of that lift's link kinds, is ``attack`` with the lift's reason.
+    ``prescore_ties`` (link kind -> count) does the same when the account has at least that
+    many *ties* of that kind: values of its requests shared, when sent, with a confident seed
+    (and pairs with an account that becomes one).
     """
 
     grace: int = 20
@@ -130,6 +142,10 @@ class StreamConfig:
     inherit_lift_min_score: float | None = None
     inherit_lift_min_groups: int | None = None
     inherit_lift_require: tuple[str, ...] | None = None
+    inherit_solo: str | None = None
+    prescore_min_groups: int = 0
+    prescore_require: tuple[tuple[str, ...], ...] = ()
+    prescore_ties: tuple[tuple[str, int], ...] = ()
 
     def __post_init__(self) -> None:
         if self.grace < 1 or self.min_exchanges_attack < 1:
@@ -153,6 +169,20 @@ class StreamConfig:
             raise TypeError("inherit_lift_min_groups must be >= 1")
         if self.inherit_lift_require is not None:
             object.__setattr__(self, "inherit_lift_require", tuple(self.inherit_lift_require))
+        if self.prescore_min_groups < 0:
+            raise TypeError("prescore_min_groups must be >= 0 (0: off)")
+        ties = strip_lines(dict(self.prescore_ties or {}))
+        if any(not isinstance(v, int) or isinstance(v, bool) or not 1 <= v <= 255
+               for v in ties.values()):
+            raise TypeError("prescore_ties: counts must be integers in 1..255")
+        object.__setattr__(self, "prescore_ties", tuple(sorted(ties.items())))
+        if (self.prescore_min_groups or ties or self.inherit_solo) and self.inherit_lift is None:
+            raise TypeError("prescore_min_groups / prescore_ties / inherit_solo need "
+                            "inherit_lift (its confident seeds)")
+        req = self.prescore_require or ()
+        if isinstance(req, str) or any(isinstance(r, str) or not r for r in req):
+            raise TypeError("prescore_require must be a list of non-empty lists of link kinds")
+        object.__setattr__(self, "prescore_require", tuple(tuple(r) for r in req))
 
 
 @dataclass(frozen=True)
@@ -269,10 +299,18 @@ def load_signals(path: str | Path | None = None) -> SignalSet:
     if stream.inherit_lift is not None and stream.inherit_lift not in {x.name for x in lifts}:
         raise ConfigError(f"{name}:{stream_raw.get('__line__', '?')}: stream: inherit_lift "
                           f"'{stream.inherit_lift}' is not the name of a lift in lifts:")
-    bad = [k for k in stream.inherit_lift_require or () if k not in link.kind_weights]
-    if bad:
-        raise ConfigError(f"{name}:{stream_raw.get('__line__', '?')}: stream: "
-                          f"inherit_lift_require: unknown link kind(s) {bad}")
+    if stream.inherit_solo is not None and stream.inherit_solo not in {
+            x.name for x in lifts if x.solo_only}:
+        raise ConfigError(f"{name}:{stream_raw.get('__line__', '?')}: stream: inherit_solo "
+                          f"'{stream.inherit_solo}' is not the name of a solo_only lift in "
+                          f"lifts:")
+    for key, kinds in (("inherit_lift_require", stream.inherit_lift_require or ()),
+                       ("prescore_require", [k for r in stream.prescore_require for k in r]),
+                       ("prescore_ties", [k for k, _ in stream.prescore_ties])):
+        bad = [k for k in kinds if k not in link.kind_weights]
+        if bad:
+            raise ConfigError(f"{name}:{stream_raw.get('__line__', '?')}: stream: "
+                              f"{key}: unknown link kind(s) {bad}")
     return SignalSet(version=int(doc.get("version", 1)), signals=tuple(signals),
                      intercept=float(doc.get("intercept", 0.0)),
                      thresholds={k: float(v) for k, v in thresholds.items()}, link=link,

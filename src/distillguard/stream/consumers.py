@@ -34,7 +34,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
-import numpy as np
 import orjson
 import polars as pl
 
@@ -341,7 +340,7 @@ def run_consumer(consumer: Consumer, target=None, *, out, policy_path=None,
     None) or a ``DecisionEngine`` (its detector, under its lock, and its policy)."""
     from ..act import load_policy
     from ..outputs import write_accounts_csv
-    from .replay import _final_clusters, _write_alerts
+    from .replay import _final_clusters, learn_and_alert
 
     started = time.perf_counter()
     target = OnlineDetector() if target is None else target
@@ -417,13 +416,7 @@ def run_consumer(consumer: Consumer, target=None, *, out, policy_path=None,
             if frame is not None and frame.height:
                 frame = frame.sort("ts", maintain_order=True)
                 with lock:
-                    due = np.unique(det.learn_many(frame))
-                    before = det.verdict_[due].copy()
-                    scored = det.score_many(due)
-                    if scored.height:
-                        changed = (det.verdict_[due] != before) & (det.verdict_[due] > 0)
-                        n_alerts += _write_alerts(fh, det, scored.filter(pl.Series(changed)),
-                                                  policy)
+                    n_alerts += learn_and_alert(det, frame, fh, policy)
                 if publish is not None:
                     publish(frame["account_id"].unique().to_list())
                 events_done += frame.height

@@ -58,6 +58,8 @@ MEMBER_COLUMNS = frozenset({"n_exchanges", "n_ips", "pivot_share", "pivot_window
                             "payment_fingerprint", "email_domain"})
 KINDS = ("ip", "ip_prefix", "client", "payment", "email_domain", "signup_burst",
          "system_prompt", "tool_schema", "template")
+# reason of an account flagged by the pre-score rule (stream.prescore_*)
+PRESCORE_REASON = "rare_values_shared_with_flagged_before_scoring"
 _US = 1_000_000
 _DAY_US = 86400 * _US
 
@@ -214,6 +216,7 @@ class OnlineDetector:
         self.conf_ = np.zeros(cap, bool)              # a seed scoring >= inherit_seed_min_score
         self.conf_set_: set[int] = set()
         self.sev_ = np.zeros(cap, np.uint16)          # kinds of rare values shared with such
+        self.tie_n_ = np.zeros((cap, len(KINDS)), np.uint8)   # ... and their count per kind
         self.parent_ = np.arange(cap, dtype=np.int64)
         self.gkinds_ = np.zeros(cap, np.int64)        # link-kind bits per union-find root
         self.reasons_: list[str] = []
@@ -252,7 +255,7 @@ class OnlineDetector:
         self.hh_flag_ = g(self.hh_flag_)
         self.pd_val_, self.pd_dirty_ = g(self.pd_val_), g(self.pd_dirty_)
         self.verdict_, self.seed_ = g(self.verdict_), g(self.seed_)
-        self.conf_, self.sev_ = g(self.conf_), g(self.sev_)
+        self.conf_, self.sev_, self.tie_n_ = g(self.conf_), g(self.sev_), g(self.tie_n_)
         parent = np.arange(new, dtype=np.int64)
         parent[:cap] = self.parent_
         self.parent_, self.gkinds_ = parent, g(self.gkinds_)
@@ -360,6 +363,14 @@ class OnlineDetector:
         pos = np.arange(len(a_s)) - np.repeat(start, cnt)          # position within group
         C, F = self.c_, self.f_
         n_before = C["n"][u]
+        pre = self._prescore_on()
+        # ties to confident seeds made by this batch's events: (account, kind bit, event)
+        self.tie_log_ = [] if pre else None
+        self.flagged_ = None
+        sev0, tie0 = (self.sev_[u].copy(), self.tie_n_[u].copy()) if pre else (None, None)
+        if inc:       # account-level incidences come with the account's first event
+            ks = start[np.searchsorted(u, [t[0] for t in inc])].tolist()
+            inc = [t + (k,) for t, k in zip(inc, ks)]
         seen_before = np.repeat(n_before > 0, cnt)
         prev_ts = np.empty_like(ts_s)
         prev_ts[1:] = ts_s[:-1]
@@ -447,7 +458,7 @@ class OnlineDetector:
         pick = ((C["cls_n"][a_s] + pos) < self.max_prompts) | (
             (ph % np.maximum(n_at, 1).astype(np.uint64)) < np.uint64(self.max_prompts))
         if pick.any():
-            self._learn_content(ev, order[pick], a_s[pick], ph[pick])
+            self._learn_content(ev, order[pick], a_s[pick], ph[pick], np.flatnonzero(pick))
         # shared-value incidences for online linking
         lc = (X["link_h"][order], X["link_nn"][order])
         ev_inc = [(0, hashes["ips"]), (1, hashes["prefixes"]), (2, lc)]
@@ -455,12 +466,68 @@ class OnlineDetector:
             ev_inc.append((kind, (X[cname][order], X[f"{cname}_nn"][order])))
         for kind, (h, nn) in ev_inc:
             if nn.any():
-                a, v = _unique_pairs(a_s[nn], h[nn].astype(np.uint64))
-                inc += zip(a.tolist(), [kind] * len(a), v.tolist())
+                a, v, k = _unique_pairs(a_s[nn], h[nn].astype(np.uint64))
+                inc += zip(a.tolist(), [kind] * len(a), v.tolist(),
+                           np.flatnonzero(nn)[k].tolist())
         if inc:
             self._link(inc)
+        if pre:
+            self._prescore(u, start, cnt, n_before, sev0, tie0, ts_s)
         due = u[C["n"][u] >= F["next_check"][u]]
         return due
+
+    def _prescore(self, u, start, cnt, n_before, sev0, tie0, ts_s) -> None:
+        """The pre-score rule (``stream.prescore_*``): accounts of the batch (``u``, their
+        events at ``start`` .. ``start + cnt`` of the sorted batch, times ``ts_s``) not
+        ``attack`` whose ties to confident seeds now meet it are ``attack`` from the event
+        that completed them (their first of the batch when the ties were there before it:
+        ``sev0``, ``tie0``); kept in ``flagged_`` (indices, exchanges at that event, its time
+        in µs) for the alerts."""
+        hit = np.flatnonzero(self._pre_ok(self.sev_[u], self.tie_n_[u])
+                             & (self.verdict_[u] != 2))
+        if not len(hit):
+            return
+        at = start[hit] + cnt[hit] - 1           # ties made without an event: its last one
+        before = self._pre_ok(sev0[hit], tie0[hit])
+        at[before] = start[hit][before]
+        where = {int(a): j for j, a in enumerate(u[hit].tolist()) if not before[j]}
+        ties: dict[int, list[tuple[int, int]]] = {}
+        for a, bit, k in self.tie_log_:
+            if a in where:
+                ties.setdefault(a, []).append((k, bit))
+        for a, lst in ties.items():
+            j = where[a]
+            mask = sev0[hit[j]:hit[j] + 1].copy()
+            count = tie0[hit[j]:hit[j] + 1].astype(np.int64)      # (no uint8 wrap)
+            for k, bit in sorted(lst):
+                mask |= bit
+                count[0, bit.bit_length() - 1] += 1
+                if self._pre_ok(mask, count)[0]:
+                    at[j] = k
+                    break
+        idx = u[hit]
+        self.verdict_[idx] = 2
+        for i in idx.tolist():
+            self.reasons_[i] = PRESCORE_REASON
+        self.flagged_ = (idx, (n_before[hit] + at - start[hit] + 1).astype(np.int64), ts_s[at])
+
+    def flagged_rows(self) -> pl.DataFrame | None:
+        """Accounts the last :meth:`learn_many` flagged before scoring (pre-score rule), as
+        :meth:`score_many` rows plus ``ts_us`` (the deciding event's time), in time order;
+        None when none."""
+        if getattr(self, "flagged_", None) is None:
+            return None
+        idx, seen, ts = self.flagged_
+        o = np.lexsort((idx, ts))
+        idx, seen, ts = idx[o], seen[o], ts[o]
+        return pl.DataFrame({
+            "account_id": pl.Series([self.ids_[i] for i in idx.tolist()], dtype=pl.String),
+            "idx": idx, "score": self.f_["score"][idx],
+            "verdict": pl.Series(VERDICT_NAME[self.verdict_[idx]], dtype=pl.String),
+            "reasons": pl.Series([self.reasons_[i] for i in idx.tolist()], dtype=pl.String),
+            "cluster_id": pl.Series([self.state_of(self.ids_[i])["cluster_id"]
+                                     for i in idx.tolist()], dtype=pl.String),
+            "exchanges_seen": seen, "ts_us": ts})
 
     def _learn_days(self, a_s: np.ndarray, first: np.ndarray, new_day: np.ndarray,
                     seen_before: np.ndarray) -> None:
@@ -525,9 +592,10 @@ class OnlineDetector:
         return {c: out[c].to_numpy() for c in out.columns}
 
     def _learn_content(self, ev: pl.DataFrame, rows: np.ndarray, acc: np.ndarray,
-                       ph: np.ndarray) -> None:
+                       ph: np.ndarray, ks: np.ndarray) -> None:
         """Classify the sampled prompts ``rows`` of ``ev`` (accounts ``acc``, prompt hashes
-        ``ph``) and count their tasks and templates.
+        ``ph``, positions ``ks`` in ``learn_many``'s sorted batch) and count their tasks and
+        templates.
 
         The classifier's answer for a (prompt, system, tools) and the template id of a
         prompt are kept in bounded caches (``CACHE_MAX`` entries, emptied when full): both
@@ -560,7 +628,9 @@ class OnlineDetector:
         np.add.at(self.c_["sens"], acc, got[:, 2])
         tids = self._template_ids(sub["prompt"], ph)
         inc = []
-        for a, t in zip(acc.tolist(), tids):
+        first_k: dict[tuple, int] = {}
+        for a, t, k in zip(acc.tolist(), tids, ks.tolist()):
+            first_k.setdefault((a, 8, t), k)
             rec = self.templates_.get(t)
             if rec is None:
                 self.templates_[t] = [1, a, 1]
@@ -570,7 +640,7 @@ class OnlineDetector:
                     rec[2] = 2
             inc.append((a, 8, t))
         self._hh_add_many(acc.tolist(), tids)
-        self._link(list(set(inc)))
+        self._link([t + (first_k[t],) for t in set(inc)])
 
     def _template_ids(self, prompts: pl.Series, ph: np.ndarray) -> list[int]:
         """Template ids (hash of the normalised prompt) of ``prompts``, whose hashes are
@@ -629,12 +699,22 @@ class OnlineDetector:
         return int(root)
 
     def _link(self, inc: list[tuple]) -> None:
+        """Index incidences ``(account, kind, value, event)`` (``event``: the position in
+        ``learn_many``'s sorted batch of the first event that carried the value)."""
         vindex, pairs, need, fam_n = self.vindex_, self.pairs_, self.min_families_, self.fam_n_
         conf = self.conf_set_ if self._lift_rule() is not None else None
+        log = getattr(self, "tie_log_", None)
         if self.protect and inc:
             a_all = np.fromiter((t[0] for t in inc), np.int64, len(inc))
-            inc = [t for t, ok in zip(inc, (self.verdict_[a_all] != 2).tolist()) if ok]
-        for a, kind, value in inc:
+            keep = self.verdict_[a_all] != 2
+            if not keep.all() and self._prescore_on():
+                # an account attack by the pre-score rule alone keeps feeding the indexes:
+                # its ties are why it is flagged, and its later values tie its mates
+                off = np.flatnonzero(~keep)
+                keep[off] = [self.reasons_[x].startswith(PRESCORE_REASON)
+                             for x in a_all[off].tolist()]
+            inc = [t for t, ok in zip(inc, keep.tolist()) if ok]
+        for a, kind, value, k in inc:
             key = _vkey(kind, value)
             lst = vindex.get(key, 0)
             if lst is None:
@@ -652,9 +732,12 @@ class OnlineDetector:
             bit = 1 << kind
             if conf:                                  # a rare value shared with a confident seed
                 if not conf.isdisjoint(lst):
-                    self._seed_evidence(np.array([a]), np.array([bit], np.uint16))
+                    self._seed_evidence([a], [bit])
+                    if log is not None:
+                        log.append((a, bit, k))
                 if a in conf:                         # (only without `protect`)
-                    self._seed_evidence(np.array(lst), np.full(len(lst), bit, np.uint16))
+                    self._seed_evidence(np.array(lst), np.full(len(lst), bit, np.uint16),
+                                        value=False)
             olds = pairs.or_many([(a << 32) | b if a < b else (b << 32) | a for b in lst], bit)
             for b, old in zip(lst, olds):
                 if fam_n[old | bit] >= need:
@@ -670,7 +753,8 @@ class OnlineDetector:
         """The online lift (``stream.inherit_lift``, None: off); keeps ``sev_groups_``, the
         number of its evidence groups each link-kind mask spans, in step with it."""
         cfg = self.signals_.stream
-        key = (cfg.inherit_lift, cfg.inherit_lift_require)
+        key = (cfg.inherit_lift, cfg.inherit_lift_require, cfg.prescore_require,
+               cfg.prescore_ties, cfg.inherit_solo)
         if getattr(self, "ilift_key_", None) != key:
             self.ilift_key_ = key
             name = cfg.inherit_lift
@@ -679,20 +763,67 @@ class OnlineDetector:
             require = (cfg.inherit_lift_require if cfg.inherit_lift_require is not None
                        else lift.require if lift else ())
             need = sum(1 << KINDS.index(k) for k in require if k in KINDS)
+            masks = np.arange(len(self.sev_groups_))
             if need:                    # evidence without a required kind counts no group
-                self.sev_groups_[(np.arange(len(self.sev_groups_)) & need) == 0] = 0
+                self.sev_groups_[(masks & need) == 0] = 0
+            # the pre-score rule: the same groups, each of its requirements met
+            self.pre_groups_ = _groups_spanned(lift.group_masks(KINDS) if lift else [])
+            for req in cfg.prescore_require:
+                self.pre_groups_[(masks & sum(1 << KINDS.index(k) for k in req
+                                              if k in KINDS)) == 0] = 0
+            # the solo lift online (stream.inherit_solo): its kinds as a mask
+            self.solo_ = next((x for x in self.signals_.lifts if x.name == cfg.inherit_solo),
+                              None)
+            self.solo_kinds_ = sum(1 << KINDS.index(k) for k in set(
+                self.solo_.kinds if self.solo_ else ()) if k in KINDS)
+            self.pre_ties_ = np.zeros(len(KINDS), np.int64)     # 0: no rule for the kind
+            for k, c in cfg.prescore_ties:
+                if k in KINDS:
+                    self.pre_ties_[KINDS.index(k)] = c
         return self.ilift_
+
+    def _prescore_on(self) -> bool:
+        """Whether a pre-score rule is set (``stream.prescore_*``; needs the online lift)."""
+        cfg = self.signals_.stream
+        return bool(cfg.prescore_min_groups or cfg.prescore_ties) and \
+            self._lift_rule() is not None
+
+    def _pre_ok(self, sev: np.ndarray, ties: np.ndarray) -> np.ndarray:
+        """Whether seed-evidence masks ``sev`` with tie counts ``ties`` (rows) meet the
+        pre-score rule: enough evidence groups, or enough ties of one kind."""
+        need = self.signals_.stream.prescore_min_groups
+        ok = self.pre_groups_[sev] >= need if need else np.zeros(len(sev), bool)
+        if self.pre_ties_.any():
+            ok |= ((ties >= self.pre_ties_) & (self.pre_ties_ > 0)).any(axis=1)
+        return ok
 
     def _lift_min_groups(self) -> int:
         g = self.signals_.stream.inherit_lift_min_groups
         return int(g if g is not None else self.ilift_.min_groups)
 
-    def _seed_evidence(self, idx: np.ndarray, bits: np.ndarray) -> None:
+    def _seed_evidence(self, idx: np.ndarray, bits: np.ndarray, value: bool = True) -> None:
         """Add link-kind ``bits`` to the seed evidence of accounts ``idx`` (ties through rare
         values to confident seeds); those that reach the online lift's ``min_groups`` and are
-        not flagged yet become due for rescoring at their next exchange."""
+        not flagged yet become due for rescoring at their next exchange.
+
+        ``tie_n_`` counts the values (``value``: one a call, from a request) per kind; ties
+        through pairs with a new confident seed (``value=False``) count as one at most (a
+        pair may share one value or many)."""
+        if value:                         # one account, one kind bit (from _link)
+            a, bit = int(idx[0]), int(bits[0])
+            self.sev_[a] |= bit
+            b = bit.bit_length() - 1
+            self.tie_n_[a, b] = min(int(self.tie_n_[a, b]) + 1, 255)
+            if (self.sev_groups_[self.sev_[a]] >= self._lift_min_groups()
+                    and self.verdict_[a] != 2):
+                self._due_now([a])
+            return
         np.bitwise_or.at(self.sev_, idx, bits.astype(np.uint16))
-        idx = np.unique(idx)
+        idx, inv = np.unique(idx, return_inverse=True)
+        agg = np.zeros(len(idx), np.int64)
+        np.bitwise_or.at(agg, inv, bits.astype(np.int64))
+        has = (agg[:, None] >> np.arange(len(KINDS))) & 1 > 0
+        self.tie_n_[idx] = np.where(has, np.maximum(self.tie_n_[idx], 1), self.tie_n_[idx])
         hit = idx[(self.sev_groups_[self.sev_[idx]] >= self._lift_min_groups())
                   & (self.verdict_[idx] != 2)]
         if len(hit):
@@ -1040,11 +1171,19 @@ class OnlineDetector:
                 self.conf_set_.update(new_conf.tolist())
                 partner, bits = self.pairs_.partners(new_conf)
                 if len(partner):
-                    self._seed_evidence(partner, bits)
+                    self._seed_evidence(partner, bits, value=False)
             lift_min = (cfg.inherit_lift_min_score if cfg.inherit_lift_min_score is not None
                         else lift.min_score if lift.min_score is not None else 0.0)
             lift_ok = ((self.sev_groups_[self.sev_[idx]] >= self._lift_min_groups())
                        & (score >= lift_min)).tolist()
+            pre_ok = (self._pre_ok(self.sev_[idx], self.tie_n_[idx]) if self._prescore_on()
+                      else np.zeros(len(idx), bool)).tolist()
+            solo = self.solo_
+            if solo is not None:        # solo: no direct link (strong_), so no live cluster
+                solo_min = solo.min_score if solo.min_score is not None else (
+                    cfg.attack_threshold or 0.0)
+                solo_ok = ((score >= solo_min) & ((self.sev_[idx] & self.solo_kinds_) > 0)
+                           ).tolist()
         for j, i in enumerate(idx.tolist()):
             if code[j] == 2:
                 continue
@@ -1061,6 +1200,10 @@ class OnlineDetector:
                 why = "payment_shared_with_flagged"
             elif lift is not None and lift_ok[j]:
                 why = lift.reason
+            elif lift is not None and pre_ok[j]:
+                why = PRESCORE_REASON
+            elif lift is not None and solo is not None and solo_ok[j] and i not in self.strong_:
+                why = solo.reason
             elif (cfg.inherit_linked and i in self.strong_
                   and int(seed[self.strong_[i]].sum()) >= cfg.inherit_linked):
                 if score[j] >= cfg.inherit_linked_min_score:
@@ -1118,7 +1261,7 @@ class OnlineDetector:
         arrays = (list(self.c_.values()) + list(self.f_.values()) + list(self.meta_.values())
                   + [self.hour_, self.wday_, self.hll_, self.win_, self.task_, self.hh_id_,
                      self.hh_cnt_, self.verdict_, self.seed_, self.parent_, self.gkinds_,
-                     self.conf_, self.sev_])
+                     self.conf_, self.sev_, self.tie_n_])
         per_row = sum(a.nbytes // (a.shape[1] if a is self.hll_ else a.shape[0])
                       for a in arrays)
         ids = sum(len(s) + 49 for s in self.ids_) / n + 8 + 64   # str objects + dict slot
@@ -1139,7 +1282,7 @@ class OnlineDetector:
                 "win": self.win_[:n], "task": self.task_[:n], "hh_id": self.hh_id_[:n],
                 "hh_cnt": self.hh_cnt_[:n], "verdict": self.verdict_[:n], "seed": self.seed_[:n],
                 "parent": self.parent_[:n], "gkinds": self.gkinds_[:n],
-                "conf": self.conf_[:n], "sev": self.sev_[:n],
+                "conf": self.conf_[:n], "sev": self.sev_[:n], "tie_n": self.tie_n_[:n],
                 "pair_bits": np.array(["kinds"]),
                 "ids": np.array(self.ids_, dtype=str), "reasons": np.array(self.reasons_,
                                                                            dtype=str),
@@ -1180,6 +1323,8 @@ class OnlineDetector:
                      "parent", "gkinds", "conf", "sev"):
             getattr(self, name + "_")[:n] = z[name]
         self.hll_[:, :n] = z["hll"]
+        if "tie_n" in z:                # (states before the pre-score rule: no ties counted)
+            self.tie_n_[:n] = z["tie_n"]
         self.ids_ = z["ids"].tolist()
         self.index_ = {a: i for i, a in enumerate(self.ids_)}
         for a in self.ids_:
@@ -1306,13 +1451,14 @@ def _groups_spanned(group_masks: list[int]) -> np.ndarray:
     return out
 
 
-def _unique_pairs(a: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Distinct (a, v) pairs sorted by a, then v (as ``np.unique(..., axis=0)``, faster)."""
+def _unique_pairs(a: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Distinct (a, v) pairs sorted by a, then v (as ``np.unique(..., axis=0)``, faster), and
+    the index of each pair's first occurrence in the input."""
     o = np.lexsort((v, a))
     a, v = a[o], v[o]
     keep = np.ones(len(a), bool)
     keep[1:] = (a[1:] != a[:-1]) | (v[1:] != v[:-1])
-    return a[keep], v[keep]
+    return a[keep], v[keep], o[keep]
 
 
 def _vkey(kind: int, value: int) -> int:

@@ -178,14 +178,7 @@ def replay(paths: list, *, out: Path, accounts=None, releases=None, skip_invalid
         t_loop, cpu_loop = time.perf_counter(), time.process_time()
         try:
             for chunk in iter_chunks(spool, chunk_size, skip=done, schema=schema):
-                due = det.learn_many(chunk)
-                due = np.unique(due)
-                before = det.verdict_[due].copy()
-                scored = det.score_many(due)
-                if scored.height:
-                    after = det.verdict_[due]
-                    changed = (after != before) & (after > 0)
-                    n_alerts += _write_alerts(fh, det, scored.filter(pl.Series(changed)), policy)
+                n_alerts += learn_and_alert(det, chunk, fh, policy)
                 done += chunk.height
                 chunks += 1
                 if chunks % checkpoint_every == 0 and done < n_events:
@@ -222,11 +215,32 @@ def replay(paths: list, *, out: Path, accounts=None, releases=None, skip_invalid
                         resumed_from=resumed_from, runtime_s=runtime, events_per_s=eps)
 
 
+def learn_and_alert(det: OnlineDetector, frame: pl.DataFrame, fh, policy) -> int:
+    """Learn a time-ordered batch, rescore the accounts due and append an alert per change
+    of verdict to suspicious / attack: first those flagged before scoring at an event of
+    the batch (``OnlineDetector.flagged_rows``: that event's time and count), then those of
+    the rescoring (the account's last event). Returns the number of alerts written."""
+    due = np.unique(det.learn_many(frame))
+    n = 0
+    pre = det.flagged_rows()
+    if pre is not None:
+        n += _write_alerts(fh, det, pre, policy)
+    before = det.verdict_[due].copy()
+    scored = det.score_many(due)
+    if scored.height:
+        changed = (det.verdict_[due] != before) & (det.verdict_[due] > 0)
+        n += _write_alerts(fh, det, scored.filter(pl.Series(changed)), policy)
+    return n
+
+
 def _write_alerts(fh, det: OnlineDetector, rows: pl.DataFrame, policy) -> int:
+    """Alert lines of ``rows`` (``score_many`` rows; at ``ts_us`` when given, else at the
+    account's last event)."""
     lines = []
-    for r in rows.iter_rows(named=True):
+    at = rows["ts_us"].to_list() if "ts_us" in rows.columns else None
+    for j, r in enumerate(rows.iter_rows(named=True)):
         i = r["idx"]
-        ts = _iso_us(det.f_["last_ts"][i])
+        ts = _iso_us(det.f_["last_ts"][i] if at is None else at[j])
         d = decide(policy, account_id=r["account_id"], score=r["score"], verdict=r["verdict"],
                    reasons=r["reasons"], cluster_id=r["cluster_id"],
                    tier=det.tiers_[det.meta_["tier"][i]], exchanges_seen=r["exchanges_seen"],
@@ -283,4 +297,4 @@ def _final_clusters(det: OnlineDetector, final: pl.DataFrame) -> tuple[pl.DataFr
     return final, clusters
 
 
-__all__ = ["replay", "ReplayResult", "Checkpoint", "VERDICT_NAME"]
+__all__ = ["replay", "ReplayResult", "Checkpoint", "VERDICT_NAME", "learn_and_alert"]

@@ -146,35 +146,10 @@ def edges_from_incidences(inc: pl.DataFrame, n_accounts: int, cfg: LinkConfig,
     kfam = [fams.index(fam_of.get(k, k)) for k in kinds]
     ids = inc["account_id"].unique().sort()
     n_ids = len(ids)
-    # members sorted by (kind, value hash, account hash): one global seeded order of accounts
-    # (not per value), so that the rings of two values with the same members coincide and
-    # their pairs keep both kinds. Integer sort keys instead of a dense rank of the
-    # (kind, value) strings, which took ~15 s at 16M exchanges; adjacent values are compared
-    # to rule out a hash collision (then the exact rank is used).
-    g = (inc.filter(pl.col("kind").is_in(kinds))
-         .join(pl.DataFrame({"account_id": ids}).with_row_index("a"), on="account_id",
-               how="left", maintain_order="left")
-         .select(pl.col("a").cast(pl.UInt32),
-                 kc=pl.col("kind").replace_strict(kinds, list(range(len(kinds))),
-                                                  return_dtype=pl.UInt8),
-                 h=pl.col("value").hash(seed=cfg.seed),
-                 o=pl.col("account_id").hash(seed=cfg.seed), value=pl.col("value"))
-         .sort("kc", "h", "o"))
-    same = (pl.col("kc") == pl.col("kc").shift()) & (pl.col("h") == pl.col("h").shift())
-    if g.select((same & (pl.col("value") != pl.col("value").shift())).any()).item():
-        g = (g.with_columns(h=pl.struct("kc", "value").rank("dense").cast(pl.UInt64))
-             .sort("kc", "h", "o"))
-    new_group = ~g.select(same.fill_null(False).alias("s"))["s"].to_numpy()
-    gid = np.cumsum(new_group) - 1
-    size = np.bincount(gid)
-    k = size[gid]
-    keep = (k >= 2) & (k <= max_k)
-    if not keep.any():
+    got = _group_members(inc, ids, kinds, cfg, max_k)
+    if got is None:
         return pl.DataFrame(schema=schema)
-    a = g["a"].to_numpy()[keep].astype(np.uint64)
-    kc = g["kc"].to_numpy()[keep]
-    del g
-    k, gid = k[keep].astype(np.int64), gid[keep]
+    a, kc, k, gid = got
     n = len(a)
     # a value shared by at most full_pairs_max accounts links all pairs (each once: an account
     # to the members after it); a larger group is a ring lattice: each account to its
@@ -221,6 +196,65 @@ def edges_from_incidences(inc: pl.DataFrame, n_accounts: int, cfg: LinkConfig,
     return (out.join(kinds_of, on="m", how="left", maintain_order="left")
             .with_columns(n_kinds=pl.col("kinds").list.len())
             .select(list(schema)).cast(schema))
+
+
+def _group_members(inc: pl.DataFrame, ids: pl.Series, kinds: list[str], cfg: LinkConfig,
+                   max_k: int) -> tuple[np.ndarray, ...] | None:
+    """Members of the values shared by 2..``max_k`` accounts, grouped by value.
+
+    Returns (account index in ``ids``, kind code, group size, group id) per member, the
+    groups in (kind, value hash) order; a ring group's members (more than
+    ``full_pairs_max``) in one global seeded order of accounts (not per value), so that the
+    rings of two values with the same members coincide and their pairs keep both kinds (the
+    order of a full group's members changes no pair). One ``arg_sort`` of a uint64 key (kind
+    code in the top bits, the value hash below) instead of a multi-column sort carrying the
+    value strings (7.4 s CPU at 16M exchanges, against ~1 s). A second, independent hash of
+    the value must agree within every group and so must the full first hash; otherwise (two
+    values whose hashes collide) the exact dense rank of the (kind, value) strings is the key.
+    """
+    f = inc.filter(pl.col("kind").is_in(kinds)).select(
+        a=pl.col("account_id").cast(pl.Enum(ids)).to_physical(),
+        kc=pl.col("kind").cast(pl.Enum(kinds)).to_physical(),
+        h=pl.col("value").hash(seed=cfg.seed), h2=pl.col("value").hash(seed=cfg.seed + 1))
+    kc_bits = max(1, (len(kinds) - 1).bit_length())
+    shift = np.uint64(64 - kc_bits)
+
+    def sort_key(h: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        key = (f["kc"].to_numpy().astype(np.uint64) << shift) | (h >> np.uint64(kc_bits))
+        order = pl.Series(key).arg_sort().to_numpy()
+        return key[order], order
+
+    key, order = sort_key(f["h"].to_numpy())
+    same = np.r_[False, key[1:] == key[:-1]]
+    for col in ("h", "h2"):
+        v = f[col].to_numpy()[order]
+        if (same[1:] & (v[1:] != v[:-1])).any():  # a collision: exact ranks
+            rank = inc.filter(pl.col("kind").is_in(kinds)).select(
+                pl.struct("kind", "value").rank("dense").cast(pl.UInt64))
+            key, order = sort_key(rank.to_series().to_numpy() << np.uint64(kc_bits))
+            same = np.r_[False, key[1:] == key[:-1]]
+            break
+    gid = np.cumsum(~same) - 1
+    k = np.bincount(gid)[gid]
+    keep = (k >= 2) & (k <= max_k)
+    if not keep.any():
+        return None
+    a = f["a"].to_numpy()[order[keep]].astype(np.uint64)
+    kc = f["kc"].to_numpy()[order[keep]]
+    k, gid = k[keep].astype(np.int64), gid[keep]
+    ring = np.flatnonzero(k > cfg.full_pairs_max)
+    if len(ring):  # ring members by (group, account's rank in the seeded account order)
+        o = ids.hash(seed=cfg.seed).to_numpy()
+        by_o = np.argsort(o, kind="stable")
+        rank_o = np.empty(len(ids), np.uint64)
+        rank_o[by_o] = np.arange(len(ids), dtype=np.uint64)
+        bits = max(1, (len(ids) - 1).bit_length())
+        if int(gid[ring[-1]]).bit_length() + bits <= 64:
+            ranked = np.sort((gid[ring].astype(np.uint64) << np.uint64(bits)) | rank_o[a[ring]])
+            a[ring] = by_o[(ranked & np.uint64((1 << bits) - 1)).astype(np.int64)]
+        else:
+            a[ring] = a[ring][np.lexsort((rank_o[a[ring]], gid[ring]))]
+    return a, kc, k, gid
 
 
 @dataclass(frozen=True)

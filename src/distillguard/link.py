@@ -275,12 +275,13 @@ class _Members:
 @dataclass(frozen=True)
 class _KindCodes:
     """Kinds coded family by family, so that a pair's kinds of one family are adjacent once
-    its rows are sorted by (pair, code); ``bit``: the kind's bit in the mask (name order)."""
+    its rows are sorted by (pair, code); ``bit``: the kind's bit in the mask (name order).
+    A code takes the low ``bits`` bits of a pair row's key."""
 
     code: np.ndarray    # kind (name order) -> code
     fam: np.ndarray     # code -> family
     bit: np.ndarray     # code -> bit of the kind
-    n: int
+    bits: int
 
     @classmethod
     def of(cls, kinds: list[str], kfam: list[int]) -> "_KindCodes":
@@ -288,7 +289,8 @@ class _KindCodes:
         code = np.empty(len(kinds), np.uint64)
         code[by_fam] = np.arange(len(kinds), dtype=np.uint64)
         return cls(code=code, fam=np.array([kfam[c] for c in by_fam], np.int64),
-                   bit=np.array([1 << c for c in by_fam], np.int64), n=len(kinds))
+                   bit=np.array([1 << c for c in by_fam], np.int64),
+                   bits=max(1, (len(kinds) - 1).bit_length()))
 
 
 def _pair_rows(m: _Members, s0: int, s1: int, n_ids: int, codes: _KindCodes,
@@ -296,8 +298,8 @@ def _pair_rows(m: _Members, s0: int, s1: int, n_ids: int, codes: _KindCodes,
     """Pair rows of members ``s0:s1``: (bucket per row, columns ``key, w`` [, ``gid``]).
 
     A member of a full group pairs with the members after it, one of a ring group with its
-    ``span`` successors (wrapping). ``key`` = ((lo // n_buckets) * n_ids + hi) * n_codes +
-    code and bucket = lo % n_buckets, where lo < hi are the pair's account indices.
+    ``span`` successors (wrapping). ``key`` = ((lo // n_buckets) * n_ids + hi) << code bits
+    | code and bucket = lo % n_buckets, where lo < hi are the pair's account indices.
     """
     sp = m.span[s0:s1]
     i = np.repeat(np.arange(s0, s1), sp)
@@ -310,8 +312,8 @@ def _pair_rows(m: _Members, s0: int, s1: int, n_ids: int, codes: _KindCodes,
     ai, aj = m.a[i], m.a[j]
     lo, hi = np.minimum(ai, aj), np.maximum(ai, aj)
     nb = np.uint64(n_buckets)
-    rows = {"key": ((lo // nb) * np.uint64(n_ids) + hi) * np.uint64(codes.n)
-            + codes.code[m.kc[i]],
+    rows = {"key": (((lo // nb) * np.uint64(n_ids) + hi) << np.uint64(codes.bits))
+            | codes.code[m.kc[i]],
             "w": m.wpos[i]}
     if m.gid is not None:
         rows["gid"] = m.gid[i]
@@ -399,12 +401,16 @@ def _reduce_bucket(rows: dict[str, np.ndarray], b: int, n_buckets: int, n_ids: i
         rows = {c: df[c].to_numpy() for c in df.columns}
     key, w = rows["key"], rows["w"]
     # stable sort: the row number under the key makes every key distinct, so a plain sort
-    # of one uint64 (no index array) is stable; when the bits do not fit, an argsort
-    n_rows = len(key)
+    # of one uint64 (no index array; polars' single-threaded sort of integers, ~3x numpy's)
+    # is stable; when the bits do not fit, an argsort
+    n_rows, nb = len(key), np.uint64(n_buckets)
     row_bits = max(1, (n_rows - 1).bit_length())
-    if int(key.max()).bit_length() + row_bits <= 64:
-        packed = np.sort((key << np.uint64(row_bits)) | np.arange(n_rows, dtype=np.uint64))
-        w = w[(packed & np.uint64((1 << row_bits) - 1)).astype(np.int64)]
+    key_bits = ((n_ids - 1) // n_buckets * n_ids + n_ids - 1).bit_length() + codes.bits
+    if key_bits + row_bits <= 64:
+        packed = pl.Series((key << np.uint64(row_bits))
+                           | np.arange(n_rows, dtype=np.uint64)).sort(multithreaded=False)
+        packed = packed.to_numpy()
+        w = w[(packed & np.uint64((1 << row_bits) - 1)).astype(np.intp)]
         key = packed >> np.uint64(row_bits)
         del packed
     else:
@@ -413,23 +419,27 @@ def _reduce_bucket(rows: dict[str, np.ndarray], b: int, n_buckets: int, n_ids: i
         del order
     # every shared rare value adds evidence, up to a cap per kind and per family, so a
     # pair sharing many proxy IPs and many templates outweighs one sharing one address
-    n_codes = np.uint64(codes.n)
     seg, first = _segments(key)
     wk = np.minimum(np.bincount(seg, weights=w), cfg.kind_cap)
     key = key[first]
-    pk, ck = key // n_codes, (key % n_codes).astype(np.int64)
-    seg, first = _segments(pk * n_codes + codes.fam[ck].astype(np.uint64))
+    pk, ck = key >> np.uint64(codes.bits), (key & np.uint64((1 << codes.bits) - 1))
+    fam = codes.fam[ck.astype(np.intp)]
+    # most pairs share values of one family only: they are dropped before the sums
+    new_pair = np.r_[True, pk[1:] != pk[:-1]]
+    new_fam = new_pair | np.r_[True, fam[1:] != fam[:-1]]
+    pair = np.cumsum(new_pair) - 1
+    sel = np.flatnonzero((np.bincount(pair, weights=new_fam) >= cfg.min_families)[pair])
+    pk, ck, wk, new_fam = pk[sel], ck[sel].astype(np.intp), wk[sel], new_fam[sel]
+    seg = np.cumsum(new_fam) - 1
     wf = np.minimum(np.bincount(seg, weights=wk), cfg.family_cap)
     mf = np.bincount(seg, weights=codes.bit[ck]).astype(np.int64)
-    pf = pk[first]
-    seg, first = _segments(pf)
+    seg, first = _segments(pk[np.flatnonzero(new_fam)])
     weight = np.bincount(seg, weights=wf)
-    n_fam = np.bincount(seg)
     m = np.bincount(seg, weights=mf).astype(np.int64)
-    keep = (n_fam >= cfg.min_families) & (weight >= cfg.min_weight)
-    p = pf[first][keep]
-    nb = np.uint64(n_buckets)
-    return (p // np.uint64(n_ids)) * nb + np.uint64(b), p % np.uint64(n_ids), weight[keep], m[keep]
+    keep = weight >= cfg.min_weight
+    p = pk[np.flatnonzero(new_fam)][first][keep]
+    return ((p // np.uint64(n_ids)) * nb + np.uint64(b), p % np.uint64(n_ids), weight[keep],
+            m[keep])
 
 
 def rare_values(inc: pl.DataFrame, kinds: tuple[str, ...] | list[str],

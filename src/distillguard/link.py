@@ -198,6 +198,11 @@ def edges_from_incidences(inc: pl.DataFrame, n_accounts: int, cfg: LinkConfig,
             .select(list(schema)).cast(schema))
 
 
+def _value_hash(value: pl.Expr, seed: int) -> pl.Expr:
+    """The 64-bit hash that groups a kind's values (a function of its own for the tests)."""
+    return value.hash(seed=seed)
+
+
 def _group_members(inc: pl.DataFrame, ids: pl.Series, kinds: list[str], cfg: LinkConfig,
                    max_k: int) -> tuple[np.ndarray, ...] | None:
     """Members of the values shared by 2..``max_k`` accounts, grouped by value.
@@ -215,7 +220,7 @@ def _group_members(inc: pl.DataFrame, ids: pl.Series, kinds: list[str], cfg: Lin
     f = inc.filter(pl.col("kind").is_in(kinds)).select(
         a=pl.col("account_id").cast(pl.Enum(ids)).to_physical(),
         kc=pl.col("kind").cast(pl.Enum(kinds)).to_physical(),
-        h=pl.col("value").hash(seed=cfg.seed), h2=pl.col("value").hash(seed=cfg.seed + 1))
+        h=_value_hash(pl.col("value"), cfg.seed), h2=_value_hash(pl.col("value"), cfg.seed + 1))
     kc_bits = max(1, (len(kinds) - 1).bit_length())
     shift = np.uint64(64 - kc_bits)
 
@@ -393,9 +398,9 @@ def _reduce_bucket(rows: dict[str, np.ndarray], b: int, n_buckets: int, n_ids: i
     One stable sort by (pair, kind) and sequential segment sums (``bincount``): a row's
     weight is summed in generation order, so the result does not depend on the buckets.
     """
+    none = (np.empty(0, np.uint64), np.empty(0, np.uint64), np.empty(0), np.empty(0, np.int64))
     if not len(rows.get("key", ())):
-        return (np.empty(0, np.uint64), np.empty(0, np.uint64), np.empty(0),
-                np.empty(0, np.int64))
+        return none
     if "gid" in rows:  # a ring may wrap: each (pair, kind, group) once
         df = pl.DataFrame(rows).unique(["key", "gid"], maintain_order=True)
         rows = {c: df[c].to_numpy() for c in df.columns}
@@ -429,6 +434,8 @@ def _reduce_bucket(rows: dict[str, np.ndarray], b: int, n_buckets: int, n_ids: i
     new_fam = new_pair | np.r_[True, fam[1:] != fam[:-1]]
     pair = np.cumsum(new_pair) - 1
     sel = np.flatnonzero((np.bincount(pair, weights=new_fam) >= cfg.min_families)[pair])
+    if not len(sel):
+        return none
     pk, ck, wk, new_fam = pk[sel], ck[sel].astype(np.intp), wk[sel], new_fam[sel]
     seg = np.cumsum(new_fam) - 1
     wf = np.minimum(np.bincount(seg, weights=wk), cfg.family_cap)

@@ -127,11 +127,13 @@ def edges_from_incidences(inc: pl.DataFrame, n_accounts: int, cfg: LinkConfig,
                           note=None) -> pl.DataFrame:
     """Account–account edges from shared values, linear in the number of incidences.
 
-    Works on integer codes (accounts numbered in sorted-id order, members grouped by an
-    integer sort on (kind, value hash), pair rows generated with numpy rank arithmetic and
-    reduced by a sort and segment sums, kinds carried as a bit mask), because string-keyed
-    pair rows cost ~1 KB each and took > 11 GiB at 4M exchanges. ``note``: optional callable
-    given the number of pair rows (the stage's work: linear in them).
+    Works on integer codes (accounts numbered in sorted-id order, members grouped by one
+    integer sort on (kind, value hash), pair rows generated with numpy rank arithmetic, kinds
+    carried as a bit mask), because string-keyed pair rows cost ~1 KB each and took > 11 GiB
+    at 4M exchanges. Pair rows are partitioned by the lower account's index into buckets of
+    ~``BUCKET_ROWS`` rows, each reduced on its own by a sort and segment sums, so the cost
+    per row does not grow with the log. ``note``: optional callable given the number of pair
+    rows (the stage's work: linear in them).
     """
     schema = {"src": pl.String, "dst": pl.String, "weight": pl.Float64,
               "n_kinds": pl.UInt32, "kinds": pl.List(pl.String)}

@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 # child: run detect on a log until the link stage has its incidences, save them, stop
 _SAVE = """
-import sys
+import sys, tempfile
 import distillguard.detect as D
 log, dest = sys.argv[1], sys.argv[2]
 class Saved(Exception):
@@ -44,7 +44,7 @@ def grab(inc, n_accounts, cfg, note=None):
 D.edges_from_incidences = grab
 try:
     D.detect([log + "/events"], accounts=log + "/accounts.csv",
-             releases=log + "/releases.csv", out=dest + "-out")
+             releases=log + "/releases.csv", out=tempfile.mkdtemp(prefix="bench-link-"))
 except Saved:
     pass
 """
@@ -115,13 +115,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sizes", default="1m,4m,16m")
     ap.add_argument("--work", type=Path, default=Path("/tmp/bench-detect"),
                     help="the bench_detect.py logs (WORK/1m, WORK/4m, WORK/16m)")
-    ap.add_argument("--inc-dir", type=Path, default=None,
-                    help="where the saved incidences go (default WORK/link-inc)")
+    ap.add_argument("--inc-dir", type=Path, default=Path("/tmp/distillguard-bench-link"),
+                    help="where the saved incidences go (made on first use)")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--before", type=Path, default=None, help="src directory of other code")
     ap.add_argument("--out", type=Path, default=None, help="markdown table (and .json)")
     args = ap.parse_args(argv)
-    inc_dir = args.inc_dir or args.work / "link-inc"
+    inc_dir = args.inc_dir
     inc_dir.mkdir(parents=True, exist_ok=True)
     codes = [("after", ROOT / "src")] + ([("before", args.before)] if args.before else [])
     rows = []

@@ -257,7 +257,8 @@ def _group_members(inc: pl.DataFrame, ids: pl.Series, kinds: list[str], cfg: Lin
         rank_o[by_o] = np.arange(len(ids), dtype=np.uint64)
         bits = max(1, (len(ids) - 1).bit_length())
         if int(gid[ring[-1]]).bit_length() + bits <= 64:
-            ranked = np.sort((gid[ring].astype(np.uint64) << np.uint64(bits)) | rank_o[a[ring]])
+            ranked = pl.Series((gid[ring].astype(np.uint64) << np.uint64(bits))
+                               | rank_o[a[ring]]).sort(multithreaded=False).to_numpy()
             a[ring] = by_o[(ranked & np.uint64((1 << bits) - 1)).astype(np.int64)]
         else:
             a[ring] = a[ring][np.lexsort((rank_o[a[ring]], gid[ring]))]

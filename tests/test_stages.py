@@ -472,31 +472,92 @@ def _reference_edges(inc: pl.DataFrame, n_accounts: int, cfg: LinkConfig) -> dic
             if nf >= cfg.min_families and w >= cfg.min_weight}
 
 
-def test_edges_equal_a_plain_all_pairs_reference_spilled_or_not(monkeypatch):
-    """The integer-coded, sort-reduced edges equal a dictionary reference over all pairs
-    (groups below full_pairs_max), and the same when pair rows are spilled in buckets."""
-    import distillguard.link as link
-
-    rng = np.random.default_rng(3)
-    n = 300
+def _random_incidences(seed: int = 3, n: int = 300):
+    rng = np.random.default_rng(seed)
     accs = [f"a{i:03d}" for i in range(n)]
     rows = []
     for kind, n_values in (("ip", 120), ("payment", 60), ("template", 40), ("email_domain", 8)):
         for i in range(n):
             for v in rng.choice(n_values, size=rng.integers(1, 4), replace=False):
                 rows.append((accs[i], kind, f"{kind}-{v}"))
-    inc = pl.DataFrame(rows, schema=["account_id", "kind", "value"], orient="row").unique()
-    cfg = LinkConfig(kind_weights={"ip": 1.0, "payment": 1.5, "template": 0.8,
-                                   "email_domain": 0.5},
-                     families={"network": ["ip"], "identity": ["payment", "email_domain"],
-                               "content": ["template"]},
+    return pl.DataFrame(rows, schema=["account_id", "kind", "value"], orient="row").unique()
+
+
+_FAMILIES = {"network": ["ip"], "identity": ["payment", "email_domain"], "content": ["template"]}
+_KIND_WEIGHTS = {"ip": 1.0, "payment": 1.5, "template": 0.8, "email_domain": 0.5}
+
+
+def test_edges_equal_a_plain_all_pairs_reference_spilled_or_not(monkeypatch):
+    """The integer-coded, sort-reduced edges equal a dictionary reference over all pairs
+    (groups below full_pairs_max), whatever the buckets, generation chunks and spilling."""
+    import distillguard.link as link
+
+    n = 300
+    inc = _random_incidences(3, n)
+    cfg = LinkConfig(kind_weights=_KIND_WEIGHTS, families=_FAMILIES,
                      min_families=2, full_pairs_max=1000, max_share=0.2, min_weight=0.3)
     ref = _reference_edges(inc, n, cfg)
     assert len(ref) > 100
-    for chunk in (link.PAIR_CHUNK, 500):
+    first = None
+    for chunk, bucket_rows, gen_rows in ((link.PAIR_CHUNK, link.BUCKET_ROWS, link.GEN_ROWS),
+                                         (500, 700, 300), (10**9, 1000, 50), (100, 1, 10**6)):
         monkeypatch.setattr(link, "PAIR_CHUNK", chunk)
+        monkeypatch.setattr(link, "BUCKET_ROWS", bucket_rows)
+        monkeypatch.setattr(link, "GEN_ROWS", gen_rows)
         e = edges_from_incidences(inc, n, cfg)
         got = {(r["src"], r["dst"]): (r["weight"], r["kinds"]) for r in e.iter_rows(named=True)}
         assert got.keys() == ref.keys()
         for p, (w, kinds) in ref.items():
             assert got[p][0] == pytest.approx(w, rel=1e-12) and got[p][1] == kinds
+        assert e.select("src", "dst").equals(e.select("src", "dst").sort("src", "dst"))
+        if first is None:
+            first = e
+        assert e.equals(first)  # bit for bit: weights summed in one order whatever the buckets
+
+
+@pytest.mark.parametrize("full_pairs_max, ring_degree", [(6, 2), (6, 4)])
+def test_ring_edges_do_not_depend_on_row_order_or_buckets(monkeypatch, full_pairs_max,
+                                                         ring_degree):
+    """Ring lattices (groups above full_pairs_max; with ring_degree 4 > 6 / 2 a ring may wrap
+    onto a pair twice) give the same edges for shuffled incidences and any bucketing."""
+    import distillguard.link as link
+
+    n = 300
+    inc = _random_incidences(5, n)
+    cfg = LinkConfig(kind_weights=_KIND_WEIGHTS, families=_FAMILIES, min_families=2,
+                     full_pairs_max=full_pairs_max, ring_degree=ring_degree, max_share=0.3,
+                     min_weight=0.3)
+    base = edges_from_incidences(inc, n, cfg)
+    assert base.height > 50
+    monkeypatch.setattr(link, "BUCKET_ROWS", 97)
+    monkeypatch.setattr(link, "GEN_ROWS", 31)
+    monkeypatch.setattr(link, "PAIR_CHUNK", 200)
+    for seed in (1, 2):
+        assert edges_from_incidences(inc.sample(fraction=1.0, shuffle=True, seed=seed), n,
+                                     cfg).equals(base)
+
+
+@pytest.mark.parametrize("bad_hash", ["low_bits_only", "length"])
+def test_value_hash_collisions_fall_back_to_exact_groups(monkeypatch, bad_hash):
+    """Values whose 64-bit hashes collide (or agree above the kind code's bits) are still
+    grouped by their exact strings: the edges equal those of the real hash."""
+    import distillguard.link as link
+
+    n = 300
+    inc = _random_incidences(3, n)
+    cfg = LinkConfig(kind_weights=_KIND_WEIGHTS, families=_FAMILIES, min_families=2,
+                     full_pairs_max=1000, max_share=0.2, min_weight=0.3)
+    want = edges_from_incidences(inc, n, cfg)
+    real = link._value_hash
+
+    def colliding(value, seed):
+        if seed != cfg.seed:  # the second hash stays a real one
+            return real(value, seed)
+        if bad_hash == "low_bits_only":  # equal above the low bits: one key per kind
+            return real(value, seed) & 7
+        return value.str.len_bytes().cast(pl.UInt64)  # same-length values collide
+
+    monkeypatch.setattr(link, "_value_hash", colliding)
+    got = edges_from_incidences(inc, n, cfg)
+    assert got.select("src", "dst", "kinds").equals(want.select("src", "dst", "kinds"))
+    assert np.allclose(got["weight"].to_numpy(), want["weight"].to_numpy(), rtol=1e-12)

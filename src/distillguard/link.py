@@ -25,8 +25,14 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-#: pair rows (account pair, kind, weight) built and reduced at a time; more are spilled to disk
+#: pair rows (account pair, kind, weight) kept in memory; more are spilled to disk between
+#: their generation and their reduction
 PAIR_CHUNK = 20_000_000
+#: pair rows per bucket: a bucket (pairs of the accounts with one lower index mod the
+#: buckets) is sorted and reduced on its own, so the cost per row does not grow with the log
+BUCKET_ROWS = 2_000_000
+#: pair rows generated at a time (a chunk of group members), routed to their buckets
+GEN_ROWS = 1_000_000
 
 INCIDENCE_SCHEMA = {"account_id": pl.String, "kind": pl.String, "value": pl.String}
 
@@ -121,11 +127,13 @@ def edges_from_incidences(inc: pl.DataFrame, n_accounts: int, cfg: LinkConfig,
                           note=None) -> pl.DataFrame:
     """Account–account edges from shared values, linear in the number of incidences.
 
-    Works on integer codes (accounts numbered in sorted-id order, members grouped by an
-    integer sort on (kind, value hash), pair rows generated with numpy rank arithmetic and
-    reduced by a sort and segment sums, kinds carried as a bit mask), because string-keyed
-    pair rows cost ~1 KB each and took > 11 GiB at 4M exchanges. ``note``: optional callable
-    given the number of pair rows (the stage's work: linear in them).
+    Works on integer codes (accounts numbered in sorted-id order, members grouped by one
+    integer sort on (kind, value hash), pair rows generated with numpy rank arithmetic, kinds
+    carried as a bit mask), because string-keyed pair rows cost ~1 KB each and took > 11 GiB
+    at 4M exchanges. Pair rows are partitioned by the lower account's index into buckets of
+    ~``BUCKET_ROWS`` rows, each reduced on its own by a sort and segment sums, so the cost
+    per row does not grow with the log. ``note``: optional callable given the number of pair
+    rows (the stage's work: linear in them).
     """
     schema = {"src": pl.String, "dst": pl.String, "weight": pl.Float64,
               "n_kinds": pl.UInt32, "kinds": pl.List(pl.String)}
@@ -140,35 +148,10 @@ def edges_from_incidences(inc: pl.DataFrame, n_accounts: int, cfg: LinkConfig,
     kfam = [fams.index(fam_of.get(k, k)) for k in kinds]
     ids = inc["account_id"].unique().sort()
     n_ids = len(ids)
-    # members sorted by (kind, value hash, account hash): one global seeded order of accounts
-    # (not per value), so that the rings of two values with the same members coincide and
-    # their pairs keep both kinds. Integer sort keys instead of a dense rank of the
-    # (kind, value) strings, which took ~15 s at 16M exchanges; adjacent values are compared
-    # to rule out a hash collision (then the exact rank is used).
-    g = (inc.filter(pl.col("kind").is_in(kinds))
-         .join(pl.DataFrame({"account_id": ids}).with_row_index("a"), on="account_id",
-               how="left", maintain_order="left")
-         .select(pl.col("a").cast(pl.UInt32),
-                 kc=pl.col("kind").replace_strict(kinds, list(range(len(kinds))),
-                                                  return_dtype=pl.UInt8),
-                 h=pl.col("value").hash(seed=cfg.seed),
-                 o=pl.col("account_id").hash(seed=cfg.seed), value=pl.col("value"))
-         .sort("kc", "h", "o"))
-    same = (pl.col("kc") == pl.col("kc").shift()) & (pl.col("h") == pl.col("h").shift())
-    if g.select((same & (pl.col("value") != pl.col("value").shift())).any()).item():
-        g = (g.with_columns(h=pl.struct("kc", "value").rank("dense").cast(pl.UInt64))
-             .sort("kc", "h", "o"))
-    new_group = ~g.select(same.fill_null(False).alias("s"))["s"].to_numpy()
-    gid = np.cumsum(new_group) - 1
-    size = np.bincount(gid)
-    k = size[gid]
-    keep = (k >= 2) & (k <= max_k)
-    if not keep.any():
+    got = _group_members(inc, ids, kinds, cfg, max_k)
+    if got is None:
         return pl.DataFrame(schema=schema)
-    a = g["a"].to_numpy()[keep].astype(np.uint64)
-    kc = g["kc"].to_numpy()[keep]
-    del g
-    k, gid = k[keep].astype(np.int64), gid[keep]
+    a, kc, k, gid = got
     n = len(a)
     # a value shared by at most full_pairs_max accounts links all pairs (each once: an account
     # to the members after it); a larger group is a ring lattice: each account to its
@@ -180,115 +163,293 @@ def edges_from_incidences(inc: pl.DataFrame, n_accounts: int, cfg: LinkConfig,
     full = k <= cfg.full_pairs_max
     span = np.where(full, k - 1 - rank, min(cfg.ring_degree, cfg.full_pairs_max))
     wpos = kw[kc] * (math.log(n_accounts) - np.log(k)) / log_n
-    # pair rows are made and reduced in buckets of the pair key (the account pair code mod
-    # the buckets), spilled to disk between the two, so memory is bounded by PAIR_CHUNK,
-    # not by the log
     n_pairs = int(span.sum())
-    n_buckets = max(1, math.ceil(n_pairs / PAIR_CHUNK))
+    n_buckets = min(max(1, math.ceil(n_pairs / BUCKET_ROWS)), 2**16 - 1)
+    spill = n_pairs > PAIR_CHUNK
     if note is not None:
-        note(f"{n_pairs:,} pair rows from {n:,} group members ({n_buckets} bucket(s))")
-    ends = np.flatnonzero(np.r_[gid[1:] != gid[:-1], True]) + 1  # group ends
-    cuts = [0]
-    if n_buckets > 1:
-        csum = np.cumsum(span)[ends - 1]
-        cuts += [int(ends[np.searchsorted(csum, c * PAIR_CHUNK, side="right") - 1])
-                 for c in range(1, math.ceil(n_pairs / PAIR_CHUNK))]
-    cuts = sorted(set(cuts + [n]))
+        note(f"{n_pairs:,} pair rows from {n:,} group members ({n_buckets} bucket(s)"
+             + (", spilled to disk)" if spill else ")"))
     ring_wraps = 2 * min(cfg.ring_degree, cfg.full_pairs_max) > cfg.full_pairs_max
-    cols = ("p", "kc", "w", "gid") if ring_wraps else ("p", "kc", "w")
-
-    def pair_rows(s0: int, s1: int) -> dict[str, np.ndarray]:
-        sp = span[s0:s1]
-        i = np.repeat(np.arange(s0, s1), sp)
-        d = np.arange(len(i)) - np.repeat(np.cumsum(sp) - sp, sp) + 1
-        j = i + d  # full groups: the next members
-        ring = np.flatnonzero(~full[i])
-        if len(ring):
-            ir = i[ring]
-            j[ring] = gstart[ir] + (rank[ir] + d[ring]) % k[ir]
-        ai, aj = a[i], a[j]
-        lo, hi = np.minimum(ai, aj), np.maximum(ai, aj)
-        rows = {"p": lo * np.uint64(n_ids) + hi, "kc": kc[i], "w": wpos[i]}
-        if ring_wraps:
-            rows["gid"] = gid[i]
-        return rows
-
-    # kinds coded family by family, so that a pair's kinds of one family are adjacent once
-    # its rows are sorted by (pair, code); bit: the kind's bit in the mask (name order)
-    by_fam = sorted(range(len(kinds)), key=lambda c: (kfam[c], c))
-    code = np.empty(len(kinds), np.uint64)
-    code[by_fam] = np.arange(len(kinds), dtype=np.uint64)
-    fam_of_code = np.array([kfam[c] for c in by_fam], np.int64)
-    bit_of_code = np.array([1 << c for c in by_fam], np.int64)
-    n_codes = np.uint64(len(kinds))
-
-    def _segments(key: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(segment id per row, first row per segment) of a sorted key."""
-        new = np.r_[True, key[1:] != key[:-1]]
-        return np.cumsum(new) - 1, np.flatnonzero(new)
-
-    def reduce(pairs: dict[str, np.ndarray]) -> pl.DataFrame:
-        """Edges (p, weight, m) of pair rows: one stable sort by (pair, kind) and
-        sequential segment sums (``bincount``), since a polars group_by on the (pair,
-        kind) columns of ~20M rows took ~10 s and grew faster than the rows."""
-        if ring_wraps:  # a ring may wrap
-            df = pl.DataFrame(pairs).unique(["p", "kc", "gid"], maintain_order=True)
-            pairs = {c: df[c].to_numpy() for c in df.columns}
-        key = pairs["p"] * n_codes + code[pairs["kc"]]
-        order = (pl.DataFrame({"k": key}).with_row_index("i")
-                 .sort("k", maintain_order=True)["i"].to_numpy())
-        key, w = key[order], pairs["w"][order]
-        del order, pairs
-        # every shared rare value adds evidence, up to a cap per kind and per family, so a
-        # pair sharing many proxy IPs and many templates outweighs one sharing one address
-        seg, first = _segments(key)
-        wk = np.minimum(np.bincount(seg, weights=w), cfg.kind_cap)
-        key = key[first]
-        pk, ck = key // n_codes, (key % n_codes).astype(np.int64)
-        seg, first = _segments(pk * n_codes + fam_of_code[ck].astype(np.uint64))
-        wf = np.minimum(np.bincount(seg, weights=wk), cfg.family_cap)
-        mf = np.bincount(seg, weights=bit_of_code[ck]).astype(np.int64)
-        pf = pk[first]
-        seg, first = _segments(pf)
-        weight = np.bincount(seg, weights=wf)
-        n_fam = np.bincount(seg)
-        m = np.bincount(seg, weights=mf).astype(np.int64)
-        keep = (n_fam >= cfg.min_families) & (weight >= cfg.min_weight)
-        return pl.DataFrame({"p": pf[first][keep], "weight": weight[keep], "m": m[keep]})
-
-    if n_buckets == 1:
-        e = reduce(pair_rows(0, n))
-    else:
-        with tempfile.TemporaryDirectory(prefix="distillguard-pairs-") as tmp:
-            for c, (s0, s1) in enumerate(zip(cuts[:-1], cuts[1:])):
-                rows = pair_rows(s0, s1)
-                # bucket of each row: its pair key mod n_buckets (rows keep their order
-                # within a bucket, so the sums do not depend on the bucketing)
-                b = (rows["p"] % np.uint64(n_buckets)).astype(np.int64)
-                order = np.argsort(b, kind="stable")
-                bounds = np.searchsorted(b[order], np.arange(n_buckets + 1))
-                for col, v in rows.items():
-                    v = v[order]
-                    for bk in range(n_buckets):
-                        np.save(Path(tmp) / f"b{bk:04d}-c{c:05d}-{col}.npy",
-                                v[bounds[bk]:bounds[bk + 1]])
-                del rows, order, b
-            e = pl.concat([reduce({col: np.concatenate([
-                np.load(Path(tmp) / f"b{bk:04d}-c{c:05d}-{col}.npy")
-                for c in range(len(cuts) - 1)]) for col in cols})
-                for bk in range(n_buckets)])
-    p = e["p"].to_numpy()
-    out = pl.DataFrame({"src": ids.gather(p // np.uint64(n_ids)),
-                        "dst": ids.gather(p % np.uint64(n_ids)),
-                        "weight": e["weight"], "m": e["m"]})
+    members = _Members(a=a, kc=kc, k=k, gstart=gstart, rank=rank, span=span, full=full,
+                       wpos=wpos, gid=gid if ring_wraps else None)
+    codes = _KindCodes.of(kinds, kfam)
+    # pair rows are made a member chunk at a time and routed to buckets by the lower
+    # account's index (mod the buckets); each bucket is sorted and reduced on its own, so the
+    # work per row is that of a bucket of ~BUCKET_ROWS rows whatever the log's size. Rows
+    # keep their generation order within a bucket, so the sums do not depend on the bucketing.
+    csum = np.cumsum(span)
+    cuts = sorted({0, n, *np.searchsorted(
+        csum, np.arange(GEN_ROWS, n_pairs, GEN_ROWS), side="right").tolist()})
+    with _Buckets(n_buckets, spill) as buckets:
+        for s0, s1 in zip(cuts[:-1], cuts[1:]):
+            buckets.add(_pair_rows(members, s0, s1, n_ids, codes, n_buckets))
+        e = [_reduce_bucket(rows, b, n_buckets, n_ids, codes, cfg)
+             for b, rows in buckets.items()]
+    lo, hi = np.concatenate([x[0] for x in e]), np.concatenate([x[1] for x in e])
+    order = np.argsort(lo * np.uint64(n_ids) + hi)  # (src, dst) order: ids are sorted
+    out = pl.DataFrame({"src": ids.gather(lo[order]), "dst": ids.gather(hi[order]),
+                        "weight": np.concatenate([x[2] for x in e])[order],
+                        "m": np.concatenate([x[3] for x in e])[order]})
     # kind lists decoded once per distinct bit mask (few), then joined on the mask
     masks = out.select(pl.col("m").unique())["m"].to_list()
     kinds_of = pl.DataFrame({"m": masks, "kinds": [[kd for b, kd in enumerate(kinds)
                                                     if (mk >> b) & 1] for mk in masks]},
                             schema={"m": out.schema["m"], "kinds": pl.List(pl.String)})
-    return (out.join(kinds_of, on="m", how="left")
+    return (out.join(kinds_of, on="m", how="left", maintain_order="left")
             .with_columns(n_kinds=pl.col("kinds").list.len())
-            .select(list(schema)).sort("src", "dst").cast(schema))
+            .select(list(schema)).cast(schema))
+
+
+def _value_hash(value: pl.Expr, seed: int) -> pl.Expr:
+    """The 64-bit hash that groups a kind's values (a function of its own for the tests)."""
+    return value.hash(seed=seed)
+
+
+def _group_members(inc: pl.DataFrame, ids: pl.Series, kinds: list[str], cfg: LinkConfig,
+                   max_k: int) -> tuple[np.ndarray, ...] | None:
+    """Members of the values shared by 2..``max_k`` accounts, grouped by value.
+
+    Returns (account index in ``ids``, kind code, group size, group id) per member, the
+    groups in (kind, value hash) order; a ring group's members (more than
+    ``full_pairs_max``) in one global seeded order of accounts (not per value), so that the
+    rings of two values with the same members coincide and their pairs keep both kinds (the
+    order of a full group's members changes no pair). One ``arg_sort`` of a uint64 key (kind
+    code in the top bits, the value hash below) instead of a multi-column sort carrying the
+    value strings (7.4 s CPU at 16M exchanges, against ~1 s). A second, independent hash of
+    the value must agree within every group and so must the full first hash; otherwise (two
+    values whose hashes collide) the exact dense rank of the (kind, value) strings is the key.
+    """
+    f = inc.filter(pl.col("kind").is_in(kinds)).select(
+        a=pl.col("account_id").cast(pl.Enum(ids)).to_physical(),
+        kc=pl.col("kind").cast(pl.Enum(kinds)).to_physical(),
+        h=_value_hash(pl.col("value"), cfg.seed), h2=_value_hash(pl.col("value"), cfg.seed + 1))
+    kc_bits = max(1, (len(kinds) - 1).bit_length())
+    shift = np.uint64(64 - kc_bits)
+
+    def sort_key(h: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        key = (f["kc"].to_numpy().astype(np.uint64) << shift) | (h >> np.uint64(kc_bits))
+        order = pl.Series(key).arg_sort().to_numpy()
+        return key[order], order
+
+    key, order = sort_key(f["h"].to_numpy())
+    same = np.r_[False, key[1:] == key[:-1]]
+    for col in ("h", "h2"):
+        v = f[col].to_numpy()[order]
+        if (same[1:] & (v[1:] != v[:-1])).any():  # a collision: exact ranks
+            rank = inc.filter(pl.col("kind").is_in(kinds)).select(
+                pl.struct("kind", "value").rank("dense").cast(pl.UInt64))
+            key, order = sort_key(rank.to_series().to_numpy() << np.uint64(kc_bits))
+            same = np.r_[False, key[1:] == key[:-1]]
+            break
+    gid = np.cumsum(~same) - 1
+    k = np.bincount(gid)[gid]
+    keep = (k >= 2) & (k <= max_k)
+    if not keep.any():
+        return None
+    a = f["a"].to_numpy()[order[keep]].astype(np.uint64)
+    kc = f["kc"].to_numpy()[order[keep]]
+    k, gid = k[keep].astype(np.int64), gid[keep]
+    ring = np.flatnonzero(k > cfg.full_pairs_max)
+    if len(ring):  # ring members by (group, account's rank in the seeded account order)
+        o = ids.hash(seed=cfg.seed).to_numpy()
+        by_o = np.argsort(o, kind="stable")
+        rank_o = np.empty(len(ids), np.uint64)
+        rank_o[by_o] = np.arange(len(ids), dtype=np.uint64)
+        bits = max(1, (len(ids) - 1).bit_length())
+        if int(gid[ring[-1]]).bit_length() + bits <= 64:
+            ranked = pl.Series((gid[ring].astype(np.uint64) << np.uint64(bits))
+                               | rank_o[a[ring]]).sort(multithreaded=False).to_numpy()
+            a[ring] = by_o[(ranked & np.uint64((1 << bits) - 1)).astype(np.int64)]
+        else:
+            a[ring] = a[ring][np.lexsort((rank_o[a[ring]], gid[ring]))]
+    return a, kc, k, gid
+
+
+@dataclass(frozen=True)
+class _Members:
+    """Group members in group order (arrays of one row per member)."""
+
+    a: np.ndarray       # account index (uint64)
+    kc: np.ndarray      # kind code (name order)
+    k: np.ndarray       # size of the member's group
+    gstart: np.ndarray  # first member of its group
+    rank: np.ndarray    # position in its group
+    span: np.ndarray    # pair rows it makes (with the members after it, or ring successors)
+    full: np.ndarray    # its group links all pairs (else: a ring lattice)
+    wpos: np.ndarray    # weight of one shared value of its group
+    gid: np.ndarray | None  # group id, when a ring may wrap onto the same pair twice
+
+
+@dataclass(frozen=True)
+class _KindCodes:
+    """Kinds coded family by family, so that a pair's kinds of one family are adjacent once
+    its rows are sorted by (pair, code); ``bit``: the kind's bit in the mask (name order).
+    A code takes the low ``bits`` bits of a pair row's key."""
+
+    code: np.ndarray    # kind (name order) -> code
+    fam: np.ndarray     # code -> family
+    bit: np.ndarray     # code -> bit of the kind
+    bits: int
+
+    @classmethod
+    def of(cls, kinds: list[str], kfam: list[int]) -> "_KindCodes":
+        by_fam = sorted(range(len(kinds)), key=lambda c: (kfam[c], c))
+        code = np.empty(len(kinds), np.uint64)
+        code[by_fam] = np.arange(len(kinds), dtype=np.uint64)
+        return cls(code=code, fam=np.array([kfam[c] for c in by_fam], np.int64),
+                   bit=np.array([1 << c for c in by_fam], np.int64),
+                   bits=max(1, (len(kinds) - 1).bit_length()))
+
+
+def _pair_rows(m: _Members, s0: int, s1: int, n_ids: int, codes: _KindCodes,
+               n_buckets: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Pair rows of members ``s0:s1``: (bucket per row, columns ``key, w`` [, ``gid``]).
+
+    A member of a full group pairs with the members after it, one of a ring group with its
+    ``span`` successors (wrapping). ``key`` = ((lo // n_buckets) * n_ids + hi) << code bits
+    | code and bucket = lo % n_buckets, where lo < hi are the pair's account indices.
+    """
+    sp = m.span[s0:s1]
+    i = np.repeat(np.arange(s0, s1), sp)
+    d = np.arange(len(i)) - np.repeat(np.cumsum(sp) - sp, sp) + 1
+    j = i + d  # full groups: the next members
+    ring = np.flatnonzero(~m.full[i])
+    if len(ring):
+        ir = i[ring]
+        j[ring] = m.gstart[ir] + (m.rank[ir] + d[ring]) % m.k[ir]
+    ai, aj = m.a[i], m.a[j]
+    lo, hi = np.minimum(ai, aj), np.maximum(ai, aj)
+    nb = np.uint64(n_buckets)
+    rows = {"key": (((lo // nb) * np.uint64(n_ids) + hi) << np.uint64(codes.bits))
+            | codes.code[m.kc[i]],
+            "w": m.wpos[i]}
+    if m.gid is not None:
+        rows["gid"] = m.gid[i]
+    return lo % nb, rows
+
+
+class _Buckets:
+    """Pair rows routed to ``n`` buckets, kept in generation order within each: in memory,
+    or (``spill``) appended to one file per bucket and column, so that memory is bounded by
+    a bucket rather than by the log."""
+
+    def __init__(self, n: int, spill: bool) -> None:
+        self.n, self.spill = n, spill
+        self.parts: list[dict[str, list[np.ndarray]]] = [{} for _ in range(n)]
+        self.dtypes: dict[str, np.dtype] = {}
+        self.tmp: tempfile.TemporaryDirectory | None = None
+
+    def __enter__(self) -> "_Buckets":
+        if self.spill:
+            self.tmp = tempfile.TemporaryDirectory(prefix="distillguard-pairs-")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.tmp is not None:
+            self.tmp.cleanup()
+
+    def _file(self, b: int, col: str) -> Path:
+        return Path(self.tmp.name) / f"b{b:05d}-{col}.bin"
+
+    def add(self, routed: tuple[np.ndarray, dict[str, np.ndarray]]) -> None:
+        bucket, rows = routed
+        if self.n == 1:
+            parts = [rows]
+        else:  # a stable counting sort by bucket (radix on 16 bits)
+            order = np.argsort(bucket.astype(np.uint16), kind="stable")
+            bounds = np.r_[0, np.cumsum(np.bincount(bucket.astype(np.int64),
+                                                    minlength=self.n))]
+            rows = {c: v[order] for c, v in rows.items()}
+            parts = [{c: v[bounds[b]:bounds[b + 1]] for c, v in rows.items()}
+                     for b in range(self.n)]
+        for b, part in enumerate(parts):
+            for col, v in part.items():
+                self.dtypes[col] = v.dtype
+                if self.spill:
+                    with open(self._file(b, col), "ab") as f:
+                        v.tofile(f)
+                else:
+                    self.parts[b].setdefault(col, []).append(v)
+
+    def items(self):
+        """(bucket, its rows) one bucket at a time (the rows of a spilled bucket are loaded
+        then, and its files removed)."""
+        for b in range(self.n):
+            if self.spill:
+                rows = {}
+                for col, dt in self.dtypes.items():
+                    f = self._file(b, col)
+                    rows[col] = np.fromfile(f, dtype=dt) if f.exists() else np.empty(0, dt)
+                    f.unlink(missing_ok=True)
+            else:
+                rows = {col: np.concatenate(v) for col, v in self.parts[b].items()}
+                self.parts[b] = {}
+            yield b, rows
+
+
+def _segments(key: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(segment id per row, first row per segment) of a sorted key."""
+    new = np.r_[True, key[1:] != key[:-1]]
+    return np.cumsum(new) - 1, np.flatnonzero(new)
+
+
+def _reduce_bucket(rows: dict[str, np.ndarray], b: int, n_buckets: int, n_ids: int,
+                   codes: _KindCodes, cfg: LinkConfig
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Edges (lo, hi, weight, kind mask) of one bucket's pair rows.
+
+    One stable sort by (pair, kind) and sequential segment sums (``bincount``): a row's
+    weight is summed in generation order, so the result does not depend on the buckets.
+    """
+    none = (np.empty(0, np.uint64), np.empty(0, np.uint64), np.empty(0), np.empty(0, np.int64))
+    if not len(rows.get("key", ())):
+        return none
+    if "gid" in rows:  # a ring may wrap: each (pair, kind, group) once
+        df = pl.DataFrame(rows).unique(["key", "gid"], maintain_order=True)
+        rows = {c: df[c].to_numpy() for c in df.columns}
+    key, w = rows["key"], rows["w"]
+    # stable sort: the row number under the key makes every key distinct, so a plain sort
+    # of one uint64 (no index array; polars' single-threaded sort of integers, ~3x numpy's)
+    # is stable; when the bits do not fit, an argsort
+    n_rows, nb = len(key), np.uint64(n_buckets)
+    row_bits = max(1, (n_rows - 1).bit_length())
+    key_bits = ((n_ids - 1) // n_buckets * n_ids + n_ids - 1).bit_length() + codes.bits
+    if key_bits + row_bits <= 64:
+        packed = pl.Series((key << np.uint64(row_bits))
+                           | np.arange(n_rows, dtype=np.uint64)).sort(multithreaded=False)
+        packed = packed.to_numpy()
+        w = w[(packed & np.uint64((1 << row_bits) - 1)).astype(np.intp)]
+        key = packed >> np.uint64(row_bits)
+        del packed
+    else:
+        order = np.argsort(key, kind="stable")
+        key, w = key[order], w[order]
+        del order
+    # every shared rare value adds evidence, up to a cap per kind and per family, so a
+    # pair sharing many proxy IPs and many templates outweighs one sharing one address
+    seg, first = _segments(key)
+    wk = np.minimum(np.bincount(seg, weights=w), cfg.kind_cap)
+    key = key[first]
+    pk, ck = key >> np.uint64(codes.bits), (key & np.uint64((1 << codes.bits) - 1))
+    fam = codes.fam[ck.astype(np.intp)]
+    # most pairs share values of one family only: they are dropped before the sums
+    new_pair = np.r_[True, pk[1:] != pk[:-1]]
+    new_fam = new_pair | np.r_[True, fam[1:] != fam[:-1]]
+    pair = np.cumsum(new_pair) - 1
+    sel = np.flatnonzero((np.bincount(pair, weights=new_fam) >= cfg.min_families)[pair])
+    if not len(sel):
+        return none
+    pk, ck, wk, new_fam = pk[sel], ck[sel].astype(np.intp), wk[sel], new_fam[sel]
+    seg = np.cumsum(new_fam) - 1
+    wf = np.minimum(np.bincount(seg, weights=wk), cfg.family_cap)
+    mf = np.bincount(seg, weights=codes.bit[ck]).astype(np.int64)
+    seg, first = _segments(pk[np.flatnonzero(new_fam)])
+    weight = np.bincount(seg, weights=wf)
+    m = np.bincount(seg, weights=mf).astype(np.int64)
+    keep = weight >= cfg.min_weight
+    p = pk[np.flatnonzero(new_fam)][first][keep]
+    return ((p // np.uint64(n_ids)) * nb + np.uint64(b), p % np.uint64(n_ids), weight[keep],
+            m[keep])
 
 
 def rare_values(inc: pl.DataFrame, kinds: tuple[str, ...] | list[str],

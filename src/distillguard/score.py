@@ -340,10 +340,11 @@ def _like_flagged_peers(accounts: pl.Series, flagged: pl.Series, features: pl.Da
     missing = [c for c in cols if c not in features.columns]
     if missing:
         raise ConfigError(f"lift '{lift.name}': profile features not computed: {missing}")
-    z = features.select("account_id", *[
-        ((pl.col(c).cast(pl.Float64).fill_null(0.0) - pl.col(c).cast(pl.Float64).fill_null(0.0)
-          .mean()) / pl.col(c).cast(pl.Float64).fill_null(0.0).std().fill_null(0.0)
-         .replace(0.0, 1.0)).alias(c) for c in cols])
+    def standardised(c: str) -> pl.Expr:
+        x = pl.col(c).cast(pl.Float64).fill_null(0.0)
+        return ((x - x.mean()) / x.std().fill_null(0.0).replace(0.0, 1.0)).alias(c)
+
+    z = features.select("account_id", *[standardised(c) for c in cols])
     r = rare.filter(pl.col("kind").is_in(list(lift.kinds)))
     if "holders" in r.columns:
         r = r.filter(pl.col("holders") <= lift.max_holders)

@@ -439,6 +439,25 @@ def test_assemble_flagged_groups_loose_attack_accounts_by_shared_rare_values():
     assert set(merged["cluster_id"]) == {"C0001"} and merged.height == 7
 
 
+def test_assemble_flagged_without_leiden_clusters_or_rare_values():
+    from distillguard.cluster import MEMBERSHIP_SCHEMA, assemble_flagged
+
+    none = pl.DataFrame(schema=MEMBERSHIP_SCHEMA)
+    verdict = pl.DataFrame({"account_id": ["s1", "s2", "s3", "b1"],
+                            "verdict": ["attack"] * 3 + ["benign"]})
+    rare = pl.DataFrame({"account_id": ["s1", "s2", "s3", "b1"], "kind": ["ip"] * 4,
+                         "value": ["203.0.113.9"] * 4})
+    # no Leiden cluster at all: the tied attack accounts still form one (the benign holder
+    # of the same exit does not join)
+    assert dict(assemble_flagged(none, verdict, rare).iter_rows()) == {
+        "s1": "C0001", "s2": "C0001", "s3": "C0001"}
+    # nothing shared, or nobody flagged: a calm log stays without clusters
+    assert assemble_flagged(none, verdict, rare.head(0)).is_empty()
+    calm = verdict.with_columns(verdict=pl.lit("benign"))
+    assert assemble_flagged(none, calm, rare).is_empty()
+    assert assemble_flagged(none, verdict, None).is_empty()
+
+
 def _reference_edges(inc: pl.DataFrame, n_accounts: int, cfg: LinkConfig) -> dict:
     """All pairs of every shared value, summed and capped with plain Python dicts."""
     import math

@@ -21,7 +21,7 @@ import igraph as ig
 import numpy as np
 import polars as pl
 
-from .link import rare_values
+from .link import rare_values, shared_rare
 from .schema import TASKS
 
 MEMBERSHIP_SCHEMA = {"account_id": pl.String, "cluster_id": pl.String}
@@ -354,19 +354,17 @@ def assemble_flagged(membership: pl.DataFrame, verdict: pl.DataFrame, rare: pl.D
     if rare is None or rare.is_empty():
         return membership
     v = verdict.select("account_id", "verdict")
-    camp = (campaign_clusters(membership, v, min_attack_share=min_attack_share,
-                              min_size=campaign_min_size)
-            if not membership.is_empty() else membership)
-    loose = _loose_attack(membership, v, camp)
-    r = rare.join(loose, on="account_id", how="semi").select("account_id", "kind", "value")
-    pairs = (r.join(r, on=["kind", "value"], suffix="_b")
-             .filter(pl.col("account_id") < pl.col("account_id_b"))
-             .group_by("account_id", "account_id_b").agg(weight=pl.len().cast(pl.Float64))
-             .select(src="account_id", dst="account_id_b", weight="weight"))
+    camp = campaign_clusters(membership, v, min_attack_share=min_attack_share,
+                             min_size=campaign_min_size)
+    loose = _loose_attack(membership, v, camp)["account_id"]
+    pairs = (shared_rare(rare.select("account_id", "kind", "value"), loose, loose)
+             .filter(pl.col("account_id") < pl.col("peer"))
+             .group_by("account_id", "peer").agg(weight=pl.len().cast(pl.Float64))
+             .select(src="account_id", dst="peer", weight="weight"))
     new = leiden_clusters(pairs, min_size=min_size, resolution=resolution, objective=objective,
                           seed=seed).with_columns(cluster_id=pl.lit("A") + pl.col("cluster_id"))
     out = pl.concat([membership.join(new, on="account_id", how="anti"),
-                     new.cast(membership.schema) if not membership.is_empty() else new])
+                     new.cast(membership.schema)])
     if merge_kinds and not out.is_empty():
         mostly = campaign_clusters(out, v, min_attack_share=min_attack_share, min_size=min_size)
         joined = merge_clusters(mostly, rare.filter(pl.col("kind").is_in(list(merge_kinds))),

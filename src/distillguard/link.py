@@ -481,6 +481,21 @@ def shared_rare(rare: pl.DataFrame, accounts: pl.Series | list[str],
             .filter(pl.col("account_id") != pl.col("peer")))
 
 
+def shared_peers(rare: pl.DataFrame, accounts: pl.Series | list[str],
+                 among: pl.Series | list[str], groups: tuple[tuple[str, ...], ...] | None = None,
+                 max_holders: int | None = None) -> pl.DataFrame:
+    """:func:`shared_rare` over the values of ``groups``' kinds (default: every kind, each
+    its own group) held by at most ``max_holders`` accounts, with each row's ``group``."""
+    if max_holders is not None and "holders" in rare.columns:
+        rare = rare.filter(pl.col("holders") <= max_holders)
+    if groups is None:
+        groups = tuple((k,) for k in rare["kind"].unique().sort().to_list())
+    group_of = pl.DataFrame({"kind": [k for g in groups for k in g],
+                             "group": [i for i, g in enumerate(groups) for _ in g]},
+                            schema={"kind": pl.String, "group": pl.UInt32})
+    return shared_rare(rare.join(group_of, on="kind"), accounts, among)
+
+
 def peers_among(rare: pl.DataFrame, accounts: pl.Series | list[str],
                 among: pl.Series | list[str], groups: tuple[tuple[str, ...], ...] | None = None,
                 max_holders: int | None = None, require: tuple[str, ...] = ()) -> pl.DataFrame:
@@ -492,14 +507,7 @@ def peers_among(rare: pl.DataFrame, accounts: pl.Series | list[str],
     With ``require`` (link kinds), ``groups`` counts 0 for an account none of whose shared
     values is of those kinds.
     """
-    if max_holders is not None and "holders" in rare.columns:
-        rare = rare.filter(pl.col("holders") <= max_holders)
-    if groups is None:
-        groups = tuple((k,) for k in rare["kind"].unique().sort().to_list())
-    group_of = pl.DataFrame({"kind": [k for g in groups for k in g],
-                             "group": [i for i, g in enumerate(groups) for _ in g]},
-                            schema={"kind": pl.String, "group": pl.UInt32})
-    return (shared_rare(rare.join(group_of, on="kind"), accounts, among)
+    return (shared_peers(rare, accounts, among, groups, max_holders)
             .group_by("account_id").agg(
                 peers=pl.col("peer").n_unique(),
                 groups=pl.col("group").n_unique()

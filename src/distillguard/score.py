@@ -334,7 +334,7 @@ def _like_flagged_peers(accounts: pl.Series, flagged: pl.Series, features: pl.Da
     """Those of ``accounts`` whose standardised ``lift.profile`` is within
     ``lift.max_profile_distance`` (root mean square) of the mean profile of the flagged
     accounts they share rare values of the lift's kinds with."""
-    from .link import shared_rare
+    from .link import shared_peers
 
     cols = list(lift.profile)
     missing = [c for c in cols if c not in features.columns]
@@ -345,10 +345,8 @@ def _like_flagged_peers(accounts: pl.Series, flagged: pl.Series, features: pl.Da
         return ((x - x.mean()) / x.std().fill_null(0.0).replace(0.0, 1.0)).alias(c)
 
     z = features.select("account_id", *[standardised(c) for c in cols])
-    r = rare.filter(pl.col("kind").is_in(list(lift.kinds)))
-    if "holders" in r.columns:
-        r = r.filter(pl.col("holders") <= lift.max_holders)
-    pairs = shared_rare(r, accounts, flagged).select("account_id", "peer").unique()
+    pairs = (shared_peers(rare, accounts, flagged, lift.groups, lift.max_holders)
+             .select("account_id", "peer").unique())
     peer_mean = (pairs.join(z.rename({"account_id": "peer"}), on="peer")
                  .group_by("account_id").agg(pl.col(cols).mean()))
     d = (z.join(peer_mean, on="account_id", suffix="_peers")

@@ -87,7 +87,13 @@ class Lift:
     def group_masks(self, kinds: tuple[str, ...]) -> list[int]:
         """Per evidence group, the bit mask of its link kinds in the ordering ``kinds``
         (kinds not in ``kinds`` are left out)."""
-        return [sum(1 << kinds.index(k) for k in g if k in kinds) for g in self.groups]
+        return [kind_mask(g, kinds) for g in self.groups]
+
+
+def kind_mask(names, kinds: tuple[str, ...]) -> int:
+    """Bit mask of the link kinds ``names`` in the ordering ``kinds`` (bit ``i`` for
+    ``kinds[i]``; names not in ``kinds`` are left out)."""
+    return sum(1 << kinds.index(k) for k in set(names) if k in kinds)
 
 
 @dataclass(frozen=True)

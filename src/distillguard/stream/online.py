@@ -36,7 +36,7 @@ from ..content_signals import VALUABLE_TASKS
 from ..detect import CLUSTER_PREFIX, attach_cluster_features, load_scorer
 from ..fingerprint import DAILY_MAX_MIN_COUNT, DAILY_MAX_MIN_DAYS, LIGHTLY_VERIFIED_TIERS
 from ..schema import EVENT_SCHEMA, TASKS, conform
-from ..signals import load_signals
+from ..signals import kind_mask, load_signals
 
 HLL_P = 6
 HLL_M = 1 << HLL_P
@@ -759,23 +759,22 @@ class OnlineDetector:
             self.ilift_key_ = key
             name = cfg.inherit_lift
             self.ilift_ = lift = next((x for x in self.signals_.lifts if x.name == name), None)
-            self.sev_groups_ = _groups_spanned(lift.group_masks(KINDS) if lift else [])
+            spanned = _groups_spanned(lift.group_masks(KINDS) if lift else [])
+            self.sev_groups_ = spanned.copy()
             require = (cfg.inherit_lift_require if cfg.inherit_lift_require is not None
                        else lift.require if lift else ())
-            need = sum(1 << KINDS.index(k) for k in require if k in KINDS)
-            masks = np.arange(len(self.sev_groups_))
+            need = kind_mask(require, KINDS)
+            masks = np.arange(len(spanned))
             if need:                    # evidence without a required kind counts no group
                 self.sev_groups_[(masks & need) == 0] = 0
             # the pre-score rule: the same groups, each of its requirements met
-            self.pre_groups_ = _groups_spanned(lift.group_masks(KINDS) if lift else [])
+            self.pre_groups_ = spanned
             for req in cfg.prescore_require:
-                self.pre_groups_[(masks & sum(1 << KINDS.index(k) for k in req
-                                              if k in KINDS)) == 0] = 0
+                self.pre_groups_[(masks & kind_mask(req, KINDS)) == 0] = 0
             # the solo lift online (stream.inherit_solo): its kinds as a mask
             self.solo_ = next((x for x in self.signals_.lifts if x.name == cfg.inherit_solo),
                               None)
-            self.solo_kinds_ = sum(1 << KINDS.index(k) for k in set(
-                self.solo_.kinds if self.solo_ else ()) if k in KINDS)
+            self.solo_kinds_ = kind_mask(self.solo_.kinds if self.solo_ else (), KINDS)
             self.pre_ties_ = np.zeros(len(KINDS), np.int64)     # 0: no rule for the kind
             for k, c in cfg.prescore_ties:
                 if k in KINDS:
